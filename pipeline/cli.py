@@ -1,0 +1,210 @@
+"""The ``higgs`` command line: thin handlers over the library in ``pipeline/``.
+
+    higgs synth --rows 100000 --seed 1 --out data/sources/sample.csv.gz
+    higgs convert --source data/sources/sample.csv.gz --out data/sample
+    higgs train --data data/sample --out runs/try --preset sample --workers 2
+    higgs evaluate --data data/sample --run runs/try
+    higgs publish --run runs/try --to runs
+    higgs run --preset sample
+
+Every command prints what it wrote and exits non-zero with a one-line reason on failure.
+Config comes from ``--preset``, ``--config FILE.yaml`` and repeated ``--set key=value``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from pipeline.config import Config, load_config, preset_names
+from pipeline.errors import PipelineError
+
+log = logging.getLogger("higgs")
+
+
+def _add_config_args(parser: argparse.ArgumentParser, default_preset: str = "sample") -> None:
+    parser.add_argument("--preset", default=default_preset, choices=preset_names(),
+                        help=f"named configuration (default: {default_preset})")
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file with config overrides")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE", help="override one config value (repeatable)")
+
+
+def _config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Config:
+    return load_config(args.preset, args.config, [*args.overrides, *extra])
+
+
+# --- handlers: parse → config → one library call → print what was written ---------------
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from pipeline import synth
+
+    result = synth.write_csv(args.out, rows=args.rows, seed=args.seed)
+    print(f"wrote {result.rows} events ({result.signal_fraction:.1%} signal) to {result.path} "
+          f"[{result.events_per_s:,.0f} events/s generated, {result.write_rows_per_s:,.0f} rows/s written]")
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from pipeline import source
+
+    cfg = _config(args, [f"data.source={args.source}"] if args.source else [])
+    info = source.ensure_source(cfg.data)
+    print(f"source ready: {info.path} ({info.bytes:,} bytes, sha256 {info.sha256})")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
+    from pipeline import convert, source
+
+    extra = [f"data.max_bad_rows={args.max_bad_rows}"] if args.max_bad_rows is not None else []
+    cfg = _config(args, extra)
+    src = source.resolve(args.source, cfg.data)
+    result = convert.convert(src, args.out, cfg.data, beam_args=beam_args, overwrite=args.overwrite)
+    rows = result.manifest["rows"]
+    verb = "already complete, nothing to do:" if result.skipped else "wrote"
+    print(f"{verb} {args.out} — training {rows['training']:,}, validation {rows['validation']:,}, "
+          f"test {rows['test']:,} rows, {result.manifest['bad_rows']} bad rows")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipeline import train
+
+    extra = []
+    if args.strategy:
+        extra.append(f"train.strategy={args.strategy}")
+    if args.workers:
+        extra.append(f"train.workers={args.workers}")
+    if args.epochs is not None:
+        extra.append(f"train.epochs={args.epochs}")
+    cfg = _config(args, extra)
+    if args.estimate:
+        estimate = train.estimate(cfg, args.data)
+        print(estimate.summary())
+        return 0
+    result = train.run_training(cfg, args.data, args.out)
+    print(f"wrote {result.run_dir} (model {result.model_path}, {result.epochs} epochs, "
+          f"best val_auc {result.best_val_auc:.4f})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipeline import evaluate
+
+    cfg = _config(args)
+    metrics = evaluate.evaluate(cfg, args.data, args.run, published=args.published)
+    print(f"wrote {args.run}/report — AUC {metrics['auc']:.4f} "
+          f"(95% CI {metrics['auc_ci95'][0]:.4f}–{metrics['auc_ci95'][1]:.4f}), "
+          f"blessed: {metrics.get('blessed')}")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from pipeline import publish
+
+    result = publish.publish(args.run, args.to)
+    moved = "moved latest.json to it" if result.latest_moved else "latest.json unchanged (not blessed)"
+    print(f"published {result.files} files to {result.uri}; {moved}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
+    from pipeline import chain
+
+    extra = [f"data.source={args.source}"] if args.source else []
+    cfg = _config(args, extra)
+    result = chain.run_chain(cfg, data=args.data, run_dir=args.out, publish_to=args.to,
+                             beam_args=beam_args)
+    print(result.summary())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the ``higgs`` argument parser (all subcommands)."""
+    parser = argparse.ArgumentParser(prog="higgs", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="generate a HIGGS-like CSV.gz (the embedded sample)")
+    p.add_argument("--rows", type=int, required=True)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", required=True, metavar="FILE.csv.gz")
+    p.set_defaults(handler=cmd_synth)
+
+    p = sub.add_parser("fetch", help="download or generate the source file (resumes, verifies)")
+    p.add_argument("--source", default=None, metavar="URI", help="path, gs:// or https:// URL")
+    _add_config_args(p)
+    p.set_defaults(handler=cmd_fetch)
+
+    p = sub.add_parser("convert", help="CSV.gz → sharded TFRecords (Apache Beam); "
+                                       "unknown options go to Beam")
+    p.add_argument("--source", required=True, metavar="URI")
+    p.add_argument("--out", required=True, metavar="DATA")
+    p.add_argument("--overwrite", action="store_true", help="rebuild even if complete")
+    p.add_argument("--max-bad-rows", type=int, default=None)
+    _add_config_args(p)
+    p.set_defaults(handler=cmd_convert, takes_beam_args=True)
+
+    p = sub.add_parser("train", help="train the wide-and-deep model")
+    p.add_argument("--data", required=True, metavar="DATA")
+    p.add_argument("--out", required=True, metavar="RUN")
+    p.add_argument("--strategy", default=None,
+                   choices=["auto", "tpu", "multi_worker", "mirrored", "one_device"])
+    p.add_argument("--workers", type=int, default=None,
+                   help="start N MultiWorkerMirroredStrategy processes on 127.0.0.1")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--estimate", action="store_true",
+                   help="time a few real steps and print the expected run time; no training")
+    _add_config_args(p)
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("evaluate", help="exact AUC report, baseline and blessing → RUN/report/")
+    p.add_argument("--data", required=True, metavar="DATA")
+    p.add_argument("--run", required=True, metavar="RUN")
+    p.add_argument("--published", default=None, metavar="OUT",
+                   help="where published models live, to compare against (default: runtime.publish_to)")
+    _add_config_args(p)
+    p.set_defaults(handler=cmd_evaluate)
+
+    p = sub.add_parser("publish", help="copy model + report to a directory or gs://")
+    p.add_argument("--run", required=True, metavar="RUN")
+    p.add_argument("--to", required=True, metavar="OUT")
+    p.set_defaults(handler=cmd_publish)
+
+    p = sub.add_parser("run", help="the whole chain in-process (what the flow runs)")
+    p.add_argument("--source", default=None, metavar="URI")
+    p.add_argument("--data", default=None, metavar="DATA")
+    p.add_argument("--out", default=None, metavar="RUN")
+    p.add_argument("--to", default=None, metavar="OUT")
+    _add_config_args(p)
+    p.set_defaults(handler=cmd_run, takes_beam_args=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``higgs`` console script; returns the exit code."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler: Callable[..., int] = args.handler
+    try:
+        if getattr(args, "takes_beam_args", False):
+            return handler(args, unknown)
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return handler(args)
+    except (PipelineError, FileNotFoundError) as exc:
+        print(f"higgs {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"higgs {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
