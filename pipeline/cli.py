@@ -49,19 +49,19 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    cfg = _config(args, [f"data.source={args.source}"] if args.source else [])
     from pipeline import source
 
-    cfg = _config(args, [f"data.source={args.source}"] if args.source else [])
     info = source.ensure_source(cfg.data)
     print(f"source ready: {info.path} ({info.bytes:,} bytes, sha256 {info.sha256})")
     return 0
 
 
 def cmd_convert(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
-    from pipeline import convert, source
-
     extra = [f"data.max_bad_rows={args.max_bad_rows}"] if args.max_bad_rows is not None else []
     cfg = _config(args, extra)
+    from pipeline import convert, source
+
     src = source.resolve(args.source, cfg.data)
     result = convert.convert(src, args.out, cfg.data, beam_args=beam_args, overwrite=args.overwrite)
     rows = result.manifest["rows"]
@@ -72,8 +72,6 @@ def cmd_convert(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pipeline import train
-
     extra = []
     if args.strategy:
         extra.append(f"train.strategy={args.strategy}")
@@ -82,6 +80,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         extra.append(f"train.epochs={args.epochs}")
     cfg = _config(args, extra)
+    from pipeline import train
+
     if args.estimate:
         estimate = train.estimate(cfg, args.data)
         print(estimate.summary())
@@ -93,9 +93,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    cfg = _config(args)
     from pipeline import evaluate
 
-    cfg = _config(args)
     metrics = evaluate.evaluate(cfg, args.data, args.run, published=args.published)
     print(f"wrote {args.run}/report — AUC {metrics['auc']:.4f} "
           f"(95% CI {metrics['auc_ci95'][0]:.4f}–{metrics['auc_ci95'][1]:.4f}), "
@@ -113,10 +113,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
-    from pipeline import chain
-
     extra = [f"data.source={args.source}"] if args.source else []
     cfg = _config(args, extra)
+    from pipeline import chain
+
     result = chain.run_chain(cfg, data=args.data, run_dir=args.out, publish_to=args.to,
                              beam_args=beam_args)
     print(result.summary())

@@ -53,7 +53,7 @@ HIGH_LEVEL_FEATURES: tuple[str, ...] = (
 
 FEATURES: tuple[str, ...] = LOW_LEVEL_FEATURES + HIGH_LEVEL_FEATURES
 NUM_FEATURES = len(FEATURES)  # 28
-CSV_COLUMNS: tuple[str, ...] = ("label",) + FEATURES  # the source file's 29 columns
+CSV_COLUMNS: tuple[str, ...] = ("label", *FEATURES)  # the source file's 29 columns
 
 LABEL_KEY = "label"
 FEATURES_KEY = "features"

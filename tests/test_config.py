@@ -1,0 +1,112 @@
+"""Config presets, YAML and --set overrides, type checking and round trips."""
+
+from pathlib import Path
+
+import pytest
+
+from pipeline import config as C  # noqa: N812 — short alias reads better in tables of cases
+
+
+def test_full_preset_is_the_reference_run() -> None:
+    cfg = C.load_config("full")
+    assert (cfg.model.blocks, cfg.model.units, cfg.model.dropout) == (5, 2048, 0.1)
+    assert cfg.train.batch_size_per_replica == 2048
+    assert cfg.train.optimizer == "adam"
+    assert cfg.data.source.startswith("https://") and cfg.data.source.endswith("HIGGS.csv.gz")
+
+
+def test_sample_preset_is_smaller_than_full() -> None:
+    full, sample = C.load_config("full"), C.load_config("sample")
+    assert sample.preset == "sample"
+    assert sample.model.units * sample.model.blocks < full.model.units * full.model.blocks
+    assert sample.data.source == ""  # generated data by default
+
+
+def test_set_overrides_are_typed() -> None:
+    cfg = C.load_config("sample", overrides=["train.epochs=3", "train.learning_rate=0.01",
+                                             "model.wide=false", "train.steps_per_epoch=7",
+                                             "data.source=gs://b/HIGGS.csv.gz"])
+    assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
+    assert cfg.train.learning_rate == 0.01
+    assert cfg.model.wide is False
+    assert cfg.train.steps_per_epoch == 7
+    assert cfg.data.source == "gs://b/HIGGS.csv.gz"
+
+
+def test_int_given_where_float_expected_becomes_float() -> None:
+    cfg = C.load_config("sample", overrides=["train.learning_rate=1"])
+    assert cfg.train.learning_rate == 1.0 and isinstance(cfg.train.learning_rate, float)
+
+
+def test_optional_accepts_null() -> None:
+    cfg = C.load_config("sample", overrides=["train.steps_per_epoch=5"])
+    cfg = C.apply_overrides(cfg, ["train.steps_per_epoch=null"])
+    assert cfg.train.steps_per_epoch is None
+
+
+def test_tuple_fields_from_list_and_comma_string() -> None:
+    cfg = C.load_config("sample", overrides=["train.schedule_boundaries=[100, 200]",
+                                             "train.schedule_values=0.1,0.01,0.001"])
+    assert cfg.train.schedule_boundaries == (100, 200)
+    assert cfg.train.schedule_values == (0.1, 0.01, 0.001)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.epochz=3", r"unknown config key train\.epochz; keys in 'train' are: .*epochs"),
+        ("trian.epochs=3", r"unknown config section 'trian'; sections are: data, model"),
+        ("train.epochs=three", r"train\.epochs must be an integer, got 'three'"),
+        ("train.epochs=2.5", r"train\.epochs must be an integer"),
+        ("model.wide=yes please", r"model\.wide must be true or false"),
+        ("train.learning_rate=fast", r"train\.learning_rate must be a number"),
+        ("epochs=3", r"must look like section\.key=value"),
+        ("train.epochs", r"must look like section\.key=value"),
+    ],
+)
+def test_bad_overrides_fail_with_one_clear_line(override: str, message: str) -> None:
+    with pytest.raises(C.ConfigError, match=message) as info:
+        C.load_config("sample", overrides=[override])
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_preset() -> None:
+    with pytest.raises(C.ConfigError, match="unknown preset 'huge'; choose one of: full, sample"):
+        C.load_config("huge")
+
+
+def test_yaml_file_layer_and_precedence(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text("preset: sample\ntrain:\n  epochs: 4\n  optimizer: sgd\nmodel:\n  units: 64\n")
+    cfg = C.load_config("full", path, overrides=["train.epochs=6"])
+    assert cfg.preset == "sample"          # the file names its preset
+    assert cfg.model.blocks == 3           # from the sample preset
+    assert cfg.model.units == 64           # the file beats the preset
+    assert cfg.train.optimizer == "sgd"
+    assert cfg.train.epochs == 6           # --set beats the file
+
+
+def test_yaml_file_errors_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(C.ConfigError, match="cannot read config file"):
+        C.load_config("sample", tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(C.ConfigError, match="is not valid YAML"):
+        C.load_config("sample", bad)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("- 1\n- 2\n")
+    with pytest.raises(C.ConfigError, match="must hold a mapping"):
+        C.load_config("sample", wrong)
+
+
+def test_written_config_reads_back_identically(tmp_path: Path) -> None:
+    cfg = C.load_config("sample", overrides=["train.schedule_boundaries=[10,20]", "train.epochs=2"])
+    path = C.write_config(cfg, tmp_path / "run" / "config.yaml")
+    assert path.is_file()
+    assert C.read_config(path) == cfg
+
+
+def test_config_is_frozen() -> None:
+    cfg = C.load_config("sample")
+    with pytest.raises(AttributeError):
+        cfg.train.epochs = 1  # type: ignore[misc]
