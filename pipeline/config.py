@@ -139,6 +139,22 @@ class RuntimeConfig:
     publish_to: str = "runs"
     backend: str = "local"  # local | vertex
     log_level: str = "INFO"
+    # Google Cloud (pipeline/vertex.py, pipeline/dataflow.py, docs/cloud.md). Defaults are
+    # empty on purpose: project ids, buckets and images come from the user's own config file.
+    gcp_project: str = ""
+    gcp_region: str = ""
+    temp_location: str = ""  # gs://BUCKET/tmp (Dataflow temp files)
+    staging_location: str = ""  # gs://BUCKET/staging (Dataflow + Vertex staging)
+    image: str = ""  # REGION-docker.pkg.dev/PROJECT/REPO/higgs:TAG, built from infra/Dockerfile
+    service_account: str = ""  # runs Dataflow workers and Vertex jobs; "" = service default
+    machine_type: str = "n1-standard-8"  # each Vertex training replica
+    accelerator_type: str = ""  # e.g. NVIDIA_TESLA_T4; "" = CPU only
+    accelerator_count: int = 0
+    worker_count: int = 1  # Vertex replicas in total: 1 chief + (worker_count - 1) workers
+    tpu_type: str = ""  # v2-8 | v3-8 | v5e-1 | v5e-4 | v5e-8; set = TPUStrategy job
+    dataflow_machine_type: str = "n2-standard-4"
+    dataflow_max_workers: int = 16
+    presplit_parts: int = 0  # >0: split one .csv.gz into N gzip parts before converting
 
 
 @dataclass(frozen=True)
