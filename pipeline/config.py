@@ -80,7 +80,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # None = one pass over the training split
     validation_steps: int | None = None
     steps_per_execution: int = 32
-    optimizer: str = "adam"  # adam | adamw | sgd | rmsprop
+    optimizer: str = "adam"  # adam | adamw | sgd | rmsprop | cg (conditional gradient)
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9
@@ -91,8 +91,11 @@ class TrainConfig:
     amsgrad: bool = False
     clipnorm: float | None = None
     clipvalue: float | None = None
+    global_clipnorm: float | None = None  # clip all gradients together by their global norm
+    rmsprop_rho: float = 0.9
     schedule: str = "constant"  # constant | inverse_time | exponential | piecewise | cosine
-    schedule_decay_steps: int = 1000
+    # 0 = auto: one epoch of steps (inverse_time, exponential), the rest of the run (cosine).
+    schedule_decay_steps: int = 0
     schedule_decay_rate: float = 0.5
     schedule_warmup_steps: int = 0
     schedule_boundaries: tuple[int, ...] = ()
