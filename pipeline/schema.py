@@ -70,7 +70,9 @@ SHARD_SUFFIX = ".tfrecord"
 TENSOR_HEADER = bytes.fromhex("080112041202081c2270")
 TENSOR_PAYLOAD_BYTES = 4 * NUM_FEATURES  # 112
 SERIALIZED_TENSOR_BYTES = len(TENSOR_HEADER) + TENSOR_PAYLOAD_BYTES  # 122
-EXAMPLE_BYTES = 152  # the whole Example: two features around the tensor and the label
+# The whole Example: two features around the tensor and the label (measured against
+# tf.train.Example.SerializeToString in tests/test_records.py; 152 in early notes was wrong).
+EXAMPLE_BYTES = 163
 
 
 def feature_index(name: str) -> int:
