@@ -1,0 +1,275 @@
+"""Vertex AI job generation, submission/following, and a local stand-in of the multi-worker job.
+
+    .venv/bin/pytest tests/test_vertex.py            # fast part (~10 s)
+    .venv/bin/pytest tests/test_vertex.py -m slow    # the 2-worker stand-in that trains
+
+The jobs are ``google.cloud.aiplatform_v1`` objects and the client is the real
+``JobServiceClient`` talking gRPC to a stand-in JobService on 127.0.0.1 (there is no Vertex AI
+here); the stand-in runs the job's worker pools as local processes with ``TF_CONFIG`` built the
+way Vertex AI builds it (:func:`pipeline.vertex.run_job_locally`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import free_port
+from google.cloud import aiplatform_v1
+from google.cloud.aiplatform_v1.services.job_service.transports import JobServiceGrpcTransport
+from google.rpc import status_pb2
+
+from pipeline import vertex
+from pipeline.config import load_config
+
+CLOUD = ["runtime.gcp_project=test-project", "runtime.gcp_region=us-central1",
+         "runtime.image=us-central1-docker.pkg.dev/test-project/higgs/higgs:1",
+         "runtime.backend=vertex"]
+DATA, RUN = "gs://test-bucket/data/full", "gs://test-bucket/runs/r1"
+
+
+def _cfg(*extra: str, preset: str = "full"):
+    return load_config(preset, overrides=[*CLOUD, *extra])
+
+
+# --- building the job ------------------------------------------------------------------------
+
+
+def test_multi_worker_job_has_chief_and_worker_pools():
+    cfg = _cfg("runtime.worker_count=4", "runtime.machine_type=n1-highmem-16",
+               "runtime.accelerator_type=NVIDIA_TESLA_T4", "runtime.accelerator_count=2",
+               "runtime.service_account=trainer@test-project.iam.gserviceaccount.com")
+    job = vertex.build_custom_job(cfg, DATA, RUN)
+
+    assert isinstance(job, aiplatform_v1.CustomJob)
+    pools = job.job_spec.worker_pool_specs
+    assert [p.replica_count for p in pools] == [1, 3]  # chief + 3 workers = worker_count
+    for pool in pools:
+        assert pool.machine_spec.machine_type == "n1-highmem-16"
+        assert pool.machine_spec.accelerator_type == aiplatform_v1.AcceleratorType.NVIDIA_TESLA_T4
+        assert pool.machine_spec.accelerator_count == 2
+        assert pool.container_spec.image_uri == cfg.runtime.image
+        assert list(pool.container_spec.command) == ["higgs"]
+    args = list(pools[0].container_spec.args)
+    assert args[:7] == ["train", "--data", DATA, "--out", RUN, "--preset", "full"]
+    assert "train.strategy=multi_worker" in args
+    assert "runtime.backend=vertex" not in args  # replicas must not submit jobs themselves
+    assert list(pools[1].container_spec.args) == args
+    env = {e.name: e.value for e in pools[0].container_spec.env}
+    assert env["GOOGLE_CLOUD_PROJECT"] == "test-project" and env["PYTHONUNBUFFERED"] == "1"
+    assert "TF_CONFIG" not in env  # Vertex AI sets it per replica
+    assert job.job_spec.service_account == "trainer@test-project.iam.gserviceaccount.com"
+    assert job.job_spec.base_output_directory.output_uri_prefix == RUN
+    # The object survives the wire format the service receives.
+    again = aiplatform_v1.CustomJob.deserialize(aiplatform_v1.CustomJob.serialize(job))
+    assert again == job
+    assert json.loads(vertex.describe(job))["jobSpec"]["workerPoolSpecs"][1]["replicaCount"] == "3"
+
+
+def test_args_reproduce_the_resolved_config_exactly():
+    cfg = _cfg("runtime.worker_count=2", "model.units=64", "train.epsilon=1.0e-08",
+               "train.schedule_boundaries=100,200", "train.schedule_values=0.1,0.01,0.001",
+               "train.clipnorm=1.5", "evaluate.baseline=false", 'data.source="123"')
+    args = vertex.training_args(cfg, DATA, RUN)
+    overrides = [a for i, a in enumerate(args) if i > 0 and args[i - 1] == "--set"]
+    replica_cfg = load_config(args[args.index("--preset") + 1], overrides=overrides)
+    assert replica_cfg == vertex.job_config(cfg)
+    assert replica_cfg.runtime.backend == "local" and replica_cfg.train.workers == 1
+    assert replica_cfg.model.units == 64 and replica_cfg.train.schedule_values == (0.1, 0.01, 0.001)
+
+
+@pytest.mark.parametrize(("tpu", "machine", "accel", "count", "topology"), [
+    ("v3-8", "cloud-tpu", aiplatform_v1.AcceleratorType.TPU_V3, 8, ""),
+    ("v2-8", "cloud-tpu", aiplatform_v1.AcceleratorType.TPU_V2, 8, ""),
+    ("v5e-4", "ct5lp-hightpu-4t", aiplatform_v1.AcceleratorType.ACCELERATOR_TYPE_UNSPECIFIED, 0, "2x2"),
+])
+def test_tpu_job_is_one_tpu_vm_with_tpu_strategy(tpu, machine, accel, count, topology):
+    job = vertex.build_custom_job(_cfg(f"runtime.tpu_type={tpu}"), DATA, RUN)
+    (pool,) = job.job_spec.worker_pool_specs
+    assert pool.replica_count == 1
+    assert pool.machine_spec.machine_type == machine
+    assert pool.machine_spec.accelerator_type == accel
+    assert pool.machine_spec.accelerator_count == count
+    assert pool.machine_spec.tpu_topology == topology
+    args = list(pool.container_spec.args)
+    assert "train.strategy=tpu" in args and "train.tpu=local" in args
+    assert job.labels["kind"] == "tpu"
+
+
+def test_single_replica_job_keeps_configured_strategy():
+    job = vertex.build_custom_job(_cfg("train.strategy=mirrored"), DATA, RUN)
+    (pool,) = job.job_spec.worker_pool_specs
+    assert pool.replica_count == 1 and pool.machine_spec.machine_type == "n1-standard-8"
+    assert "train.strategy=mirrored" in list(pool.container_spec.args)
+
+
+@pytest.mark.parametrize(("overrides", "data", "needle"), [
+    (["runtime.image="], DATA, "runtime.image is empty"),
+    (["runtime.gcp_project="], DATA, "runtime.gcp_project is empty"),
+    ([], "data/full", "--data data/full is not a gs:// location"),
+    (["runtime.tpu_type=v9-1024"], DATA, "runtime.tpu_type='v9-1024' is unknown"),
+    (["runtime.tpu_type=v3-8", "runtime.worker_count=2"], DATA, "exclusive"),
+    (["runtime.accelerator_type=NVIDIA_GTX_1080", "runtime.accelerator_count=1"], DATA,
+     "not a Vertex AI accelerator"),
+])
+def test_unusable_config_fails_with_one_line(overrides, data, needle):
+    with pytest.raises(vertex.VertexConfigError) as err:
+        vertex.build_custom_job(_cfg(*overrides), data, RUN)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_credentials_is_one_clear_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    with pytest.raises(vertex.VertexConfigError, match="application-default login"):
+        vertex.job_client("us-central1")
+
+
+def test_vertex_tf_config_matches_vertex_layout():
+    job = vertex.build_custom_job(_cfg("runtime.worker_count=3"), DATA, RUN)
+    addrs = [["workerpool0-0:2222"], ["workerpool1-0:2222", "workerpool1-1:2222"]]
+    configs = vertex.vertex_tf_configs(job, addrs)
+    worker1 = json.loads(configs[1][1])
+    assert worker1["cluster"] == {"chief": addrs[0], "worker": addrs[1]}
+    assert worker1["task"] == {"type": "worker", "index": 1}
+    assert json.loads(configs[0][0])["task"] == {"type": "chief", "index": 0}
+
+
+# --- submitting and following: real client, stand-in JobService over gRPC ------------------
+
+
+class LocalJobService:
+    """A JobService on 127.0.0.1 that runs each created CustomJob with run_job_locally."""
+
+    SERVICE = "google.cloud.aiplatform.v1.JobService"
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, aiplatform_v1.CustomJob] = {}
+        self.logs: dict[str, list[str]] = {}
+        self.env: dict[str, str] = {}
+        self.lock = threading.Lock()
+        self.port = free_port()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        handlers = {
+            "CreateCustomJob": grpc.unary_unary_rpc_method_handler(
+                self._create, request_deserializer=aiplatform_v1.CreateCustomJobRequest.deserialize,
+                response_serializer=aiplatform_v1.CustomJob.serialize),
+            "GetCustomJob": grpc.unary_unary_rpc_method_handler(
+                self._get, request_deserializer=aiplatform_v1.GetCustomJobRequest.deserialize,
+                response_serializer=aiplatform_v1.CustomJob.serialize),
+        }
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(self.SERVICE, handlers),))
+        self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+
+    def client(self) -> aiplatform_v1.JobServiceClient:
+        channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        return aiplatform_v1.JobServiceClient(transport=JobServiceGrpcTransport(channel=channel))
+
+    def read_logs(self, name: str) -> list[str]:
+        with self.lock:
+            lines, self.logs[name] = self.logs.get(name, []), []
+        return lines
+
+    def _create(self, request, context):
+        with self.lock:
+            name = f"{request.parent}/customJobs/{len(self.jobs) + 1}"
+            job = aiplatform_v1.CustomJob(request.custom_job)
+            job.name, job.state = name, aiplatform_v1.JobState.JOB_STATE_PENDING
+            self.jobs[name] = job
+        threading.Thread(target=self._run, args=(name,), daemon=True).start()
+        return job
+
+    def _run(self, name: str) -> None:
+        with self.lock:
+            job = self.jobs[name]
+            job.state = aiplatform_v1.JobState.JOB_STATE_RUNNING
+        replicas = vertex.run_job_locally(job, env=self.env, timeout=240)
+        with self.lock:
+            for r in replicas:
+                self.logs.setdefault(name, []).extend(
+                    f"[{r.task}] {line}" for line in r.output.splitlines()[-5:])
+            failed = [r for r in replicas if r.returncode != 0]
+            if failed:
+                # Vertex AI reports the first failing replica like this (code 3 = INVALID_ARGUMENT).
+                r = failed[0]
+                pool, index = r.task.split("-")
+                pool_no = vertex.POOL_TASK_TYPES.index(pool)
+                job.error = status_pb2.Status(code=3, message=(
+                    f"The replica workerpool{pool_no}-{index} exited with a non-zero status of "
+                    f"{r.returncode}."))
+                job.state = aiplatform_v1.JobState.JOB_STATE_FAILED
+            else:
+                job.state = aiplatform_v1.JobState.JOB_STATE_SUCCEEDED
+
+    def _get(self, request, context):
+        with self.lock:
+            return aiplatform_v1.CustomJob(self.jobs[request.name])
+
+
+@pytest.fixture()
+def job_service():
+    service = LocalJobService()
+    service.server.start()
+    yield service
+    service.server.stop(grace=None)
+
+
+def _python_job(code: str, replicas: int = 2) -> aiplatform_v1.CustomJob:
+    """A job built from the config whose replicas run a short Python program instead."""
+    job = vertex.build_custom_job(_cfg(f"runtime.worker_count={replicas}"), DATA, RUN)
+    for pool in job.job_spec.worker_pool_specs:
+        pool.container_spec.command = [sys.executable]
+        pool.container_spec.args = ["-c", code]
+    return job
+
+
+def test_submit_and_follow_reports_states_and_logs(job_service):
+    code = ("import json, os; t = json.loads(os.environ['TF_CONFIG'])['task']; "
+            "print('role', t['type'], t['index'])")
+    lines: list[str] = []
+    done = vertex.submit_and_follow(_python_job(code, replicas=3), project="test-project",
+                                    region="us-central1", client=job_service.client(),
+                                    read_logs=job_service.read_logs, poll_seconds=0.2,
+                                    echo=lines.append)
+    assert done.state == aiplatform_v1.JobState.JOB_STATE_SUCCEEDED
+    assert done.name == "projects/test-project/locations/us-central1/customJobs/1"
+    text = "\n".join(lines)
+    assert "JOB_STATE_RUNNING" in text and "JOB_STATE_SUCCEEDED" in text
+    assert "[chief-0] role chief 0" in text and "[worker-1] role worker 1" in text
+
+
+def test_failed_job_raises_with_the_jobs_error(job_service):
+    code = ("import json, os, sys; t = json.loads(os.environ['TF_CONFIG'])['task']; "
+            "sys.exit(7 if t['type'] == 'worker' else 0)")
+    with pytest.raises(vertex.VertexJobError) as err:
+        vertex.submit_and_follow(_python_job(code), project="test-project", region="us-central1",
+                                 client=job_service.client(), read_logs=job_service.read_logs,
+                                 poll_seconds=0.2, echo=lambda _line: None)
+    message = str(err.value)
+    assert "JOB_STATE_FAILED" in message
+    assert "The replica workerpool1-0 exited with a non-zero status of 7." in message
+
+
+def test_refused_job_is_one_line():
+    # Nothing listens on this port: the create call fails and must end in one line.
+    bad = aiplatform_v1.JobServiceClient(transport=JobServiceGrpcTransport(
+        channel=grpc.insecure_channel(f"127.0.0.1:{free_port()}")))
+    with pytest.raises(vertex.VertexJobError, match="Vertex AI refused job"):
+        vertex.submit_and_follow(_python_job("pass"), project="p", region="r", client=bad,
+                                 read_logs=lambda _n: [], poll_seconds=0.1,
+                                 echo=lambda _line: None)
+
+
+def test_job_json_examples_are_current():
+    """infra/vertex/*.json are this module's output for the documented configs."""
+    root = Path(__file__).resolve().parents[1] / "infra" / "vertex"
+    for path in sorted(root.glob("*.json")):
+        example = json.loads(path.read_text())
+        cfg = _cfg(*example["_overrides"])
+        job = vertex.build_custom_job(cfg, example["_data"], example["_run"])
+        assert json.loads(vertex.describe(job)) == example["job"], path.name
