@@ -26,8 +26,8 @@ import numpy as np
 
 from pipeline import schema
 
-# Byte layout of one serialized Example (protobuf, fields in key order as TensorFlow and
-# deterministic protobuf serialization write them):
+# Byte layout of one serialized Example (protobuf; map entries in key order, as deterministic
+# serialization writes them):
 #   0a a0 01                      Example.features (Features message, 160 bytes)
 #   0a 8a 01                        map entry (138 bytes)
 #   0a 08 "features"                  key
@@ -74,8 +74,9 @@ def encode_examples(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
         labels: float32 [N] (0.0 or 1.0; not checked here).
 
     Returns:
-        uint8 [N, EXAMPLE_BYTES]; row i is byte-identical to the ``SerializeToString()`` of the
-        Example for event i.
+        uint8 [N, EXAMPLE_BYTES]; row i is byte-identical to the
+        ``SerializeToString(deterministic=True)`` of the Example for event i (map keys sorted;
+        protobuf leaves the order of map entries open and every order parses the same).
 
     Raises:
         ValueError: on shapes other than [N, 28] and [N].

@@ -32,7 +32,9 @@ def _tf_example(features: np.ndarray, label: float) -> bytes:
         schema.FEATURES_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[tensor])),
         schema.LABEL_KEY: tf.train.Feature(float_list=tf.train.FloatList(value=[label])),
     }))
-    return example.SerializeToString()
+    # Map fields have no fixed wire order; deterministic serialization sorts keys, which is
+    # the layout we write (any order parses the same).
+    return example.SerializeToString(deterministic=True)
 
 
 def test_layout_constants_match_schema() -> None:
