@@ -379,6 +379,12 @@ def _check(name: str, value: Any, hint: Any) -> Any:
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):
+            # PyYAML (YAML 1.1) reads "1e-4" as a string (it wants "1.0e-4"); accept it.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{name} must be a number, got {value!r}")
     if hint is str:
         if isinstance(value, str):
