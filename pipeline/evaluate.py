@@ -1,0 +1,268 @@
+"""Evaluate a trained run on the whole test split and write ``RUN/report/``.
+
+    higgs evaluate --data data/sample --run runs/try
+    python -c "from pipeline.config import load_config; from pipeline.evaluate import evaluate; \
+print(evaluate(load_config('sample'), 'data/sample', 'runs/try')['auc'])"
+
+One pass over the test shards in batches (memory bounded by the batch, plus one float per
+test row for the exact AUC): the deep model's predictions, Keras' 200-threshold streaming
+AUC for comparison, and — when ``evaluate.baseline`` is on — the LightGBM baseline's
+predictions on the same rows. Then, in ``RUN/report/``:
+
+* ``metrics.json`` (contract: ``auc``, ``auc_ci95``, ``accuracy``, ``log_loss``,
+  ``test_rows``; plus ``keras_auc``, ``keras_auc_diff``, ``working_points``, ``baseline``,
+  ``blessed`` and more),
+* ``blessing.json`` — the decision against ``evaluate.auc_floor`` and the currently
+  published model (``OUT/latest.json``) with its reasons,
+* ``report.md``, ``roc.png``, ``scores.png``, ``history.png``;
+
+and ``RUN/model/saved_model/`` is exported if missing, with a reload check on test rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import dataset, export, metrics, publish, report
+from pipeline.config import Config, EvaluateConfig, to_yaml
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+KERAS_AUC_THRESHOLDS = 200  # tf.keras.metrics.AUC's default: what training logs show
+RELOAD_CHECK_ROWS = 4096
+
+
+class EvaluateError(PipelineError):
+    """The run or dataset cannot be evaluated; the message says what is missing."""
+
+
+def read_batches(
+    data: str, split: str, batch_size: int, max_rows: int | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(features float32 [B, 28], labels float32 [B])`` of one split, in file order.
+
+    Reads the shards listed in the manifest with ``tf.data`` and decodes whole batches
+    (:func:`pipeline.records.decode_batch`); order is deterministic so the deep model and
+    the baseline see the same rows in the same order.
+
+    Args:
+        data: dataset directory (local or gs:// readable by TensorFlow).
+        split: ``training``, ``validation`` or ``test``.
+        batch_size: rows per batch.
+        max_rows: stop after this many rows (the last batch is cut).
+    """
+    import tensorflow as tf
+
+    from pipeline import records
+
+    paths = dataset.shard_paths(data, split)
+    ds = tf.data.TFRecordDataset(paths).batch(batch_size).map(records.decode_batch)
+    ds = ds.prefetch(2)
+    seen = 0
+    for features, labels in ds:
+        x, y = features.numpy(), labels.numpy()
+        if max_rows is not None and seen + len(y) >= max_rows:
+            take = max_rows - seen
+            yield x[:take], y[:take]
+            return
+        seen += len(y)
+        yield x, y
+
+
+def load_rows(
+    data: str, split: str, max_rows: int, batch_size: int = 65_536
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read the first ``max_rows`` rows of a split into arrays (for the baseline's fit)."""
+    xs, ys = [], []
+    for x, y in read_batches(data, split, batch_size, max_rows=max_rows):
+        xs.append(x)
+        ys.append(y)
+    if not ys:
+        raise EvaluateError(f"{data} has no {split} rows to read")
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def bless(candidate_auc: float, published: dict[str, Any] | None, cfg: EvaluateConfig,
+          published_at: str = "") -> dict[str, Any]:
+    """Decide whether a candidate model may replace the published one.
+
+    Rules: the AUC must reach ``cfg.auc_floor``; and if a model is published, the AUC must
+    not be lower than the published AUC by more than ``cfg.max_auc_regression`` (a small
+    tolerance so a retrain on new data that is statistically equal still ships).
+
+    Args:
+        candidate_auc: the candidate's exact test AUC.
+        published: the published run's metrics (with ``run_id``) or None.
+        cfg: the evaluate config (floor, tolerance).
+        published_at: where published models live, for the reasons' wording.
+
+    Returns:
+        ``{"blessed", "reasons", "candidate_auc", "published_auc", "published_run_id",
+        "floor", "max_auc_regression"}``.
+    """
+    reasons = []
+    blessed = True
+    if candidate_auc >= cfg.auc_floor:
+        reasons.append(f"AUC {candidate_auc:.4f} reaches the floor {cfg.auc_floor:.4f}")
+    else:
+        blessed = False
+        reasons.append(f"AUC {candidate_auc:.4f} is below the floor {cfg.auc_floor:.4f}")
+    published_auc = None
+    if published is None:
+        reasons.append(f"no model is published{f' at {published_at}' if published_at else ''} "
+                       "yet; the floor alone decides")
+    else:
+        published_auc = float(published["auc"])
+        run_id = published.get("run_id", "?")
+        delta = candidate_auc - published_auc
+        if delta >= -cfg.max_auc_regression:
+            reasons.append(f"AUC {candidate_auc:.4f} vs published run {run_id} {published_auc:.4f} "
+                           f"({delta:+.4f}) is within the allowed regression {cfg.max_auc_regression}")
+        else:
+            blessed = False
+            reasons.append(f"AUC {candidate_auc:.4f} is worse than published run {run_id} "
+                           f"{published_auc:.4f} by {-delta:.4f} (> {cfg.max_auc_regression} allowed)")
+    return {"blessed": blessed, "reasons": reasons, "candidate_auc": candidate_auc,
+            "published_auc": published_auc,
+            "published_run_id": published.get("run_id") if published else None,
+            "floor": cfg.auc_floor, "max_auc_regression": cfg.max_auc_regression}
+
+
+def _read_history(run: Path) -> dict[str, list[float]]:
+    path = run / "history.json"
+    if not path.is_file():
+        log.warning("%s is missing; the report will have no training curves", path)
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise EvaluateError(f"{path} is not valid JSON ({exc.msg}); re-run training") from None
+
+
+def _json_ready(value: Any) -> Any:
+    """Replace NaN/inf (not valid JSON) by None, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def evaluate(cfg: Config, data: str, run_dir: str, published: str | None = None) -> dict[str, Any]:
+    """Evaluate ``RUN/model/model.keras`` on every test row and write ``RUN/report/``.
+
+    Args:
+        cfg: the resolved config (``evaluate`` section: batch size, baseline, floor, ...).
+        data: the converted dataset (``DATA/manifest.json`` and shards).
+        run_dir: the trained run directory.
+        published: where published models live, to bless against
+            (default ``cfg.runtime.publish_to``).
+
+    Returns:
+        The metrics dict also written to ``RUN/report/metrics.json``.
+
+    Raises:
+        EvaluateError: missing model, empty or inconsistent test split.
+        pipeline.dataset.DatasetError: ``data`` is not a dataset.
+    """
+    from pipeline.tfk import keras
+
+    ecfg = cfg.evaluate
+    run = Path(run_dir)
+    model_path = run / "model" / "model.keras"
+    if not model_path.is_file():
+        raise EvaluateError(f"{model_path} is missing; train first with "
+                            f"'higgs train --data {data} --out {run_dir}'")
+    manifest = dataset.load_manifest(data)
+    test_rows = dataset.split_rows(manifest, "test")
+    out_dir = run / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    published = published or cfg.runtime.publish_to
+    # Read the published metrics before writing anything: when publishing in place, the
+    # published run may be this very run directory.
+    published_metrics = publish.published_metrics(published)
+
+    model = export.load_model(model_path)
+    bdt = None
+    if ecfg.baseline:
+        start = time.perf_counter()
+        x_train, y_train = load_rows(data, "training", ecfg.baseline_rows)
+        log.info("baseline: read %d training rows in %.1f s", len(y_train), time.perf_counter() - start)
+        from pipeline import baseline
+
+        bdt = baseline.fit(x_train, y_train, ecfg)
+        del x_train, y_train
+
+    # One pass over the test split: bounded memory, one float per row kept per classifier.
+    labels = np.empty(test_rows, np.float32)
+    deep = np.empty(test_rows, np.float32)
+    bdt_scores = np.empty(test_rows, np.float64) if bdt else None
+    keras_auc = keras.metrics.AUC(num_thresholds=KERAS_AUC_THRESHOLDS)
+    check_rows: np.ndarray | None = None
+    start, n = time.perf_counter(), 0
+    for x, y in read_batches(data, "test", ecfg.batch_size):
+        if n + len(y) > test_rows:
+            raise EvaluateError(f"{data}: test shards hold more rows than the manifest's "
+                                f"{test_rows}; rebuild the dataset with 'higgs convert --overwrite'")
+        p = np.asarray(model.predict_on_batch(x), np.float32).reshape(-1)
+        keras_auc.update_state(y, p)
+        labels[n:n + len(y)], deep[n:n + len(y)] = y, p
+        if bdt_scores is not None:
+            bdt_scores[n:n + len(y)] = bdt.predict(x)
+        if check_rows is None:
+            check_rows = x[:RELOAD_CHECK_ROWS].copy()
+        n += len(y)
+    predict_seconds = time.perf_counter() - start
+    if n != test_rows:
+        raise EvaluateError(f"{data}: read {n} test rows but the manifest says {test_rows}; "
+                            "the dataset is incomplete — rebuild it with 'higgs convert --overwrite'")
+    log.info("predicted %d test rows in %.1f s", n, predict_seconds)
+
+    result: dict[str, Any] = metrics.summary(labels, deep, bootstrap=ecfg.bootstrap)
+    result["test_rows"] = result.pop("rows")
+    result["keras_auc"] = float(keras_auc.result().numpy())
+    result["keras_auc_diff"] = result["auc"] - result["keras_auc"]
+    result["predict_seconds"] = round(predict_seconds, 2)
+    if bdt is not None:
+        base = metrics.summary(labels, bdt_scores)
+        base.pop("rows"), base.pop("signal_rows")
+        result["baseline"] = {**base, "description": bdt.describe()}
+    else:
+        result["baseline"] = None
+
+    result["export"] = export.export_run(run, features=check_rows, model=model)
+    blessing = bless(result["auc"], published_metrics, ecfg, published_at=published)
+    result["blessed"] = blessing["blessed"]
+    result["published_auc"] = blessing["published_auc"]
+    result["run_id"] = run.resolve().name
+    result["data"] = data
+
+    result = _json_ready(result)
+    (out_dir / "metrics.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out_dir / "blessing.json").write_text(json.dumps(blessing, indent=1) + "\n")
+
+    scores = {"deep model": deep}
+    if bdt_scores is not None:
+        scores["BDT baseline"] = bdt_scores
+    history = _read_history(run)
+    report.plot_roc(out_dir / report.ROC_PNG, labels, scores)
+    report.plot_scores(out_dir / report.SCORES_PNG, labels, scores)
+    report.plot_history(out_dir / report.HISTORY_PNG, history)
+    config_path = run / "config.yaml"
+    config_yaml = config_path.read_text() if config_path.is_file() else to_yaml(cfg)
+    report.write_markdown(out_dir / "report.md", run_dir=str(run), data=data, manifest=manifest,
+                          config_yaml=config_yaml, history=history, metrics_dict=result,
+                          blessing=blessing)
+    log.info("wrote %s (AUC %.4f, blessed %s)", out_dir, result["auc"], result["blessed"])
+    return result
