@@ -1,0 +1,341 @@
+"""The Prefect flow ``higgs``: ensure source → convert → train → evaluate → publish.
+
+    make run                                              # serve + run higgs/sample locally
+    prefect deployment run higgs/sample --watch           # against a running server + serve
+    python -c "from flows.higgs import higgs; higgs(preset='sample', overrides=['train.epochs=1'])"
+
+Each task is a thin typed wrapper over one ``pipeline.chain.step_*`` function — the same
+functions ``higgs run`` calls — so the flow can do nothing the CLI can't. What the
+orchestrator adds:
+
+- **retries only where they help**: the source download and the publish upload retry with
+  exponential backoff; training retries once and *resumes* from its BackupAndRestore
+  checkpoint because the run directory is fixed before the task starts. Errors a user must
+  fix (:class:`~pipeline.errors.PipelineError`) are never retried.
+- **conversion cache**: the converter itself skips a dataset already built from the same
+  source fingerprint and options; the task logs "reused" (no Prefect result cache, which
+  would not know when the files on disk change).
+- **artifacts**: a markdown report (AUC, baseline, blessing), a table of rows and AUC per
+  split, and a link to the published model.
+- **logs**: the library's, Beam's and TensorFlow's Python loggers are attached to the run
+  logs (Beam and TensorFlow at WARNING and above, the pipeline at ``runtime.log_level``).
+- **failures**: a ``PipelineError`` ends the run ``Failed`` with its one-line message;
+  publishing is the last task, so nothing is published from a failed run.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.states import Failed, State
+from prefect.tasks import exponential_backoff
+from pydantic import Field
+
+from pipeline import chain, storage
+from pipeline.config import Config, load_config, merge
+from pipeline.errors import PipelineError
+
+Preset = Literal["sample", "full"]
+Strategy = Literal["auto", "tpu", "multi_worker", "mirrored", "one_device"]
+Runner = Literal["DirectRunner", "PrismRunner", "DataflowRunner", "FlinkRunner", "SparkRunner"]
+
+# Python loggers whose records are copied into the flow run's logs, with their minimum level
+# (None = the config's runtime.log_level). Beam and TensorFlow log plenty at INFO; their
+# warnings and errors are what a person reading the run needs.
+LIBRARY_LOGGERS: dict[str, str | None] = {
+    "pipeline": None,
+    "higgs": None,
+    "apache_beam": "WARNING",
+    "tensorflow": "WARNING",
+}
+
+ARTIFACT_REPORT = "higgs-report"
+ARTIFACT_SPLITS = "higgs-metrics"
+ARTIFACT_MODEL = "higgs-model"
+
+
+def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry transient failures (network, storage, a killed worker) but not a PipelineError.
+
+    A PipelineError names something the user has to fix (a missing file, a bad checksum, a
+    config value), so retrying it only delays the one-line message. A library may mark a
+    PipelineError subclass as worth retrying with a ``transient = True`` attribute.
+    """
+    try:
+        state.result()
+    except PipelineError as exc:
+        return bool(getattr(exc, "transient", False))
+    except Exception:
+        return True
+    return True
+
+
+IO_RETRIES = {
+    "retries": 3,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=10),  # 10 s, 20 s, 40 s
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": _retry_unless_user_error,
+}
+
+
+@task(name="ensure_source", cache_policy=NO_CACHE, **IO_RETRIES)
+def ensure_source(cfg: Config) -> Any:
+    """Locate, download (resume + checksum) or generate the source CSV.gz.
+
+    Returns:
+        ``SourceInfo`` with ``path``, ``uri``, ``bytes``, ``sha256``.
+    """
+    info = chain.step_source(cfg)
+    get_run_logger().info("source ready: %s (%s bytes, sha256 %s)", info.path, f"{info.bytes:,}",
+                          info.sha256)
+    return info
+
+
+@task(name="convert", cache_policy=NO_CACHE)
+def convert(cfg: Config, source_path: str, data: str, beam_args: list[str]) -> Any:
+    """CSV.gz → sharded TFRecords with Apache Beam, reusing an identical earlier conversion.
+
+    Returns:
+        ``ConvertResult`` with ``out``, ``manifest``, ``skipped``.
+    """
+    result = chain.step_convert(cfg, source_path, data, beam_args)
+    rows = result.manifest["rows"]
+    what = "reused cached conversion (same source fingerprint and options)" if result.skipped else "converted"
+    get_run_logger().info("%s: %s — training %s, validation %s, test %s rows", what, data,
+                          f"{rows['training']:,}", f"{rows['validation']:,}", f"{rows['test']:,}")
+    return result
+
+
+@task(name="train", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
+      retry_condition_fn=_retry_unless_user_error)
+def train(cfg: Config, data: str, run_dir: str) -> Any:
+    """Train the wide-and-deep model; a retry resumes from ``run_dir/checkpoints``.
+
+    Returns:
+        ``TrainResult`` with ``run_dir``, ``model_path``, ``epochs``, ``best_val_auc``, ``history``.
+    """
+    from prefect.runtime import task_run
+
+    if task_run.get_run_count() > 1:
+        get_run_logger().warning("retry %d: resuming training from %s/checkpoints",
+                                 task_run.get_run_count() - 1, run_dir)
+    result = chain.step_train(cfg, data, run_dir)
+    get_run_logger().info("trained %d epochs, best val_auc %.4f, model %s", result.epochs,
+                          result.best_val_auc, result.model_path)
+    return result
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate(cfg: Config, data: str, run_dir: str, publish_to: str) -> dict[str, Any]:
+    """Exact test AUC, baseline, plots and the blessing → ``run_dir/report/``.
+
+    Returns:
+        The metrics dict (``auc``, ``auc_ci95``, ``blessed``, …).
+    """
+    metrics = chain.step_evaluate(cfg, data, run_dir, publish_to)
+    get_run_logger().info("test AUC %.4f, blessed: %s", metrics["auc"], metrics.get("blessed"))
+    return metrics
+
+
+@task(name="publish", cache_policy=NO_CACHE, **IO_RETRIES)
+def publish(run_dir: str, publish_to: str) -> Any:
+    """Copy model and report to ``publish_to``; ``latest.json`` moves only to a blessed model.
+
+    Returns:
+        ``PublishResult`` with ``uri``, ``run_id``, ``files``, ``latest_moved``.
+    """
+    result = chain.step_publish(run_dir, publish_to)
+    get_run_logger().info("published %d files to %s; latest.json %s", result.files, result.uri,
+                          "moved to this run" if result.latest_moved else "unchanged (not blessed)")
+    return result
+
+
+def flow_config(
+    preset: str = "sample",
+    source: str | None = None,
+    data_dir: str | None = None,
+    runs_root: str | None = None,
+    publish_to: str | None = None,
+    runner: str | None = None,
+    strategy: str | None = None,
+    workers: int | None = None,
+    epochs: int | None = None,
+    overrides: list[str] | None = None,
+) -> Config:
+    """Resolve the flow's parameters into a config: preset, then ``overrides``, then the typed ones.
+
+    ``None`` keeps the preset's value. Raises ConfigError (one line) for a bad override.
+    """
+    cfg = load_config(preset, None, overrides or [])
+    explicit: dict[str, dict[str, Any]] = {"data": {}, "runtime": {}, "train": {}}
+    if source is not None:
+        explicit["data"]["source"] = source
+    if data_dir is not None:
+        explicit["data"]["data_root"] = data_dir
+    if runs_root is not None:
+        explicit["runtime"]["runs_root"] = runs_root
+    if publish_to is not None:
+        explicit["runtime"]["publish_to"] = publish_to
+    if runner is not None:
+        explicit["runtime"]["runner"] = runner
+    if strategy is not None:
+        explicit["train"]["strategy"] = strategy
+    if workers is not None:
+        explicit["train"]["workers"] = workers
+    if epochs is not None:
+        explicit["train"]["epochs"] = epochs
+    return merge(cfg, explicit)
+
+
+@flow(name="higgs", log_prints=True, validate_parameters=True)
+def higgs(
+    preset: Preset = "sample",
+    source: str | None = None,
+    data_dir: str | None = None,
+    runs_root: str | None = None,
+    publish_to: str | None = None,
+    runner: Runner | None = None,
+    beam_args: list[str] | None = None,
+    strategy: Strategy | None = None,
+    workers: Annotated[int, Field(ge=1, le=64)] | None = None,
+    epochs: Annotated[int, Field(ge=1, le=10_000)] | None = None,
+    overrides: list[str] | None = None,
+    run_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] | None = None,
+) -> dict[str, Any] | State:
+    """Train and publish a HIGGS model: source → convert → train → evaluate → publish.
+
+    Args:
+        preset: named configuration; every ``None`` below keeps this preset's value.
+        source: HIGGS.csv.gz as a local path, ``gs://`` object or ``https://`` URL; ``""``
+            generates a sample (preset ``full`` defaults to the UCI address).
+        data_dir: root for sources and converted datasets (local or gs://; default ``data``).
+        runs_root: where run directories go (default ``runs``; the run is ``<runs_root>/<run_id>``).
+        publish_to: where model and report are published (local or gs://; default ``runs``).
+        runner: Beam runner for the conversion (default ``DirectRunner``).
+        beam_args: extra Beam pipeline options, e.g. ``["--project=p", "--region=europe-west4"]``.
+        strategy: tf.distribute strategy (default ``auto``).
+        workers: local MultiWorkerMirroredStrategy processes (default 1).
+        epochs: training epochs.
+        overrides: ``section.key=value`` config overrides, e.g. ``["model.units=256"]``.
+        run_id: the run directory name; default ``YYYYMMDD-HHMMSS-<preset>`` from the flow
+            run's scheduled start, so a retried flow run reuses (and resumes) the same run.
+
+    Returns:
+        A summary dict (run id, AUC, blessing, report and model locations), or a ``Failed``
+        state carrying the one-line reason.
+    """
+    logger = get_run_logger()
+    step = "config"
+    try:
+        cfg = flow_config(preset, source, data_dir, runs_root, publish_to, runner, strategy, workers,
+                          epochs, overrides)
+        _attach_library_logs(cfg.runtime.log_level)
+        # Fixed before any task runs: a retried train task (or a retried flow run, which keeps
+        # its scheduled start time) finds the same run directory and resumes from its checkpoint.
+        paths = chain.default_paths(cfg, run_id=run_id or chain.run_id_for(cfg, _scheduled_start()))
+        logger.info("run %s (preset %s): data %s, run dir %s, publish to %s", paths.run_id, cfg.preset,
+                    paths.data, paths.run_dir, paths.publish_to)
+
+        step = "ensure_source"
+        info = ensure_source(cfg)
+        step = "convert"
+        converted = convert(cfg, info.path, paths.data, list(beam_args or []))
+        step = "train"
+        trained = train(cfg, paths.data, paths.run_dir)
+        step = "evaluate"
+        metrics = evaluate(cfg, paths.data, paths.run_dir, paths.publish_to)
+        step = "publish"
+        published = publish(paths.run_dir, paths.publish_to)
+    except PipelineError as exc:
+        message = f"{step} failed: {exc}"
+        logger.error(message)
+        return Failed(message=message)
+
+    where = chain.published_locations(published.uri)
+    _create_artifacts(paths, converted.manifest, trained.best_val_auc, metrics, published.uri, where)
+    summary = {
+        "run_id": paths.run_id,
+        "auc": metrics["auc"],
+        "blessed": metrics.get("blessed"),
+        "conversion_reused": converted.skipped,
+        "published": published.uri,
+        "latest_moved": published.latest_moved,
+        **where,
+    }
+    logger.info("done: AUC %.4f, blessed %s; report %s; model %s", metrics["auc"], metrics.get("blessed"),
+                where["report"], where["model"])
+    return summary
+
+
+def _scheduled_start() -> datetime | None:
+    """The flow run's scheduled start (stable across retries of the flow run), if running in one."""
+    when = flow_run.get_scheduled_start_time()
+    return when if isinstance(when, datetime) else None
+
+
+def _attach_library_logs(level: str) -> None:
+    """Send the library's, Beam's and TensorFlow's log records to this run's logs.
+
+    Prefect does the same for ``PREFECT_LOGGING_EXTRA_LOGGERS``, but only when that is set
+    before Prefect configures logging; doing it here works for every way the flow is started
+    (served, a worker, the test harness, a plain call).
+    """
+    handlers = logging.getLogger("prefect.extra").handlers
+    base = logging.getLevelName(level.upper())
+    base = base if isinstance(base, int) else logging.INFO
+    for name, floor in LIBRARY_LOGGERS.items():
+        logger = logging.getLogger(name)
+        for handler in handlers:
+            if handler not in logger.handlers:
+                logger.addHandler(handler)
+        logger.setLevel(base if floor is None else max(base, logging.getLevelName(floor)))
+
+
+def model_link(uri: str) -> str:
+    """A link people can open: ``file://`` for local paths, the Cloud console for gs://."""
+    if storage.is_gcs(uri):
+        bucket, name = storage.split_gcs(uri)
+        return f"https://console.cloud.google.com/storage/browser/{bucket}/{name}".rstrip("/")
+    return Path(uri).resolve().as_uri()
+
+
+def report_markdown(paths: chain.Paths, metrics: dict[str, Any], where: dict[str, str],
+                    report_md: str) -> str:
+    """The markdown artifact: headline numbers and locations, then ``report.md`` itself."""
+    ci = metrics.get("auc_ci95") or [float("nan"), float("nan")]
+    base = chain.baseline_auc(metrics)
+    lines = [
+        f"# HIGGS run `{paths.run_id}`",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| test AUC | **{metrics['auc']:.4f}** (95% CI {ci[0]:.4f}–{ci[1]:.4f}) |",
+        f"| baseline AUC (BDT) | {base:.4f} |" if base is not None else "| baseline AUC (BDT) | not run |",
+        f"| blessed | **{metrics.get('blessed')}** |",
+        f"| report | `{where['report']}` |",
+        f"| model | `{where['model']}` |",
+        "",
+        report_md,
+    ]
+    return "\n".join(lines)
+
+
+def _create_artifacts(paths: chain.Paths, manifest: dict[str, Any], best_val_auc: float | None,
+                      metrics: dict[str, Any], published_uri: str, where: dict[str, str]) -> None:
+    try:
+        report_md = storage.read_text(where["report"])
+    except FileNotFoundError:
+        report_md = "(report.md was not published)"
+    create_markdown_artifact(report_markdown(paths, metrics, where, report_md), key=ARTIFACT_REPORT,
+                             description=f"HIGGS run {paths.run_id}: AUC, baseline, blessing")
+    create_table_artifact(chain.split_table(manifest, metrics, best_val_auc), key=ARTIFACT_SPLITS,
+                          description="rows and AUC per split (validation: best epoch; test: final model)")
+    create_link_artifact(model_link(where["model"]), link_text=where["model"], key=ARTIFACT_MODEL,
+                         description=f"published model of run {paths.run_id} ({published_uri})")

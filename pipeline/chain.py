@@ -1,0 +1,355 @@
+"""The whole chain in one process: source → convert → train → evaluate → publish.
+
+    higgs run --preset sample
+    python -c "from pipeline.config import load_config; from pipeline.chain import run_chain; \
+print(run_chain(load_config('sample')).summary())"
+
+This module is the single definition of the chain. ``higgs run`` calls :func:`run_chain`,
+and the Prefect flow ``higgs`` (``flows/higgs.py``) wraps each ``step_*`` function below in
+a task, so the CLI and the flow run exactly the same code with the same default locations
+(:func:`default_paths`). Each step is one call into the library; nothing here knows about
+Prefect.
+
+Default locations (all overridable):
+
+- sources and converted datasets under ``cfg.data.data_root`` (``data/``), the dataset
+  directory named after the source (``data/higgs-synth-r220000-s1``, ``data/HIGGS``);
+- the run under ``cfg.runtime.runs_root`` (``runs/<run_id>``, run id
+  ``20261121-083000-sample``);
+- published to ``cfg.runtime.publish_to`` (``runs``; ``runs/latest.json`` moves only to a
+  blessed model).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+from typing import Any
+
+from pipeline import storage
+from pipeline.config import Config
+
+log = logging.getLogger(__name__)
+
+STEPS = ("source", "convert", "train", "evaluate", "publish")
+_SOURCE_SUFFIXES = (".csv.gz", ".csv", ".gz")
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where one run of the chain reads and writes.
+
+    Attributes:
+        run_id: ``YYYYMMDD-HHMMSS-<preset>`` (UTC), the name of the run directory.
+        data: the converted dataset directory (local or gs://).
+        run_dir: the run directory (checkpoints, model, report).
+        publish_to: where the model and report are published (local or gs://).
+    """
+
+    run_id: str
+    data: str
+    run_dir: str
+    publish_to: str
+
+
+def run_id_for(cfg: Config, when: datetime | None = None) -> str:
+    """Return the run id ``YYYYMMDD-HHMMSS-<preset>`` for a run started at ``when`` (UTC).
+
+    Args:
+        cfg: the resolved config (its preset names the run).
+        when: start time; naive values are taken as UTC; default now.
+    """
+    when = when or datetime.now(UTC)
+    if when.tzinfo is not None:
+        when = when.astimezone(UTC)
+    return f"{when:%Y%m%d-%H%M%S}-{cfg.preset}"
+
+
+def dataset_name(cfg: Config) -> str:
+    """Name the dataset directory after its source, so different sources never share one.
+
+    A generated sample is ``higgs-synth-r<rows>-s<seed>``; a file is named by its basename
+    without ``.csv.gz`` (``HIGGS``).
+    """
+    source = cfg.data.source.strip()
+    if not source:
+        return f"higgs-synth-r{cfg.data.synth_rows}-s{cfg.data.synth_seed}"
+    name = PurePosixPath(source.split("?", 1)[0].rstrip("/")).name
+    for suffix in _SOURCE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    # Keep directory names portable (local and gs://): letters, digits, - _ . only.
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "source"
+
+
+def default_paths(
+    cfg: Config,
+    *,
+    data: str | None = None,
+    run_dir: str | None = None,
+    publish_to: str | None = None,
+    run_id: str | None = None,
+    when: datetime | None = None,
+) -> Paths:
+    """Resolve the chain's locations; explicit arguments win over the config's defaults.
+
+    Args:
+        cfg: the resolved config.
+        data: dataset directory (default ``<data_root>/<dataset_name(cfg)>``).
+        run_dir: run directory (default ``<runs_root>/<run_id>``).
+        publish_to: publish target (default ``cfg.runtime.publish_to``).
+        run_id: explicit run id (default from ``run_dir``'s name or :func:`run_id_for`).
+        when: start time used for a generated run id.
+
+    Returns:
+        The :class:`Paths` of this run.
+    """
+    if run_dir:
+        run_id = run_id or PurePosixPath(str(run_dir).rstrip("/")).name
+    else:
+        run_id = run_id or run_id_for(cfg, when)
+        run_dir = storage.join(cfg.runtime.runs_root, run_id)
+    return Paths(
+        run_id=run_id,
+        data=data or storage.join(cfg.data.data_root, dataset_name(cfg)),
+        run_dir=str(run_dir),
+        publish_to=publish_to or cfg.runtime.publish_to,
+    )
+
+
+def beam_options(cfg: Config, beam_args: Sequence[str] = ()) -> list[str]:
+    """Return the Beam pipeline options: ``--runner`` from the config unless given explicitly.
+
+    Args:
+        cfg: the resolved config (``runtime.runner``, ``runtime.direct_num_workers``).
+        beam_args: extra Beam options (``--project=…``, ``--region=…``, …), passed through.
+    """
+    args = list(beam_args)
+    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+        args.insert(0, f"--runner={cfg.runtime.runner}")
+    runner = next((a.split("=", 1)[1] for a in args if a.startswith("--runner=")), cfg.runtime.runner)
+    if runner == "DirectRunner" and not any(a.startswith("--direct_num_workers") for a in args):
+        args.append(f"--direct_num_workers={cfg.runtime.direct_num_workers}")
+    return args
+
+
+# --- the steps: one library call each; the flow's tasks call exactly these ----------------
+
+
+def step_source(cfg: Config) -> Any:
+    """Locate, download (resume + checksum) or generate the source file.
+
+    Returns:
+        ``pipeline.source.SourceInfo`` (``path``, ``uri``, ``bytes``, ``sha256``).
+    """
+    from pipeline import source
+
+    return source.ensure_source(cfg.data)
+
+
+def step_convert(cfg: Config, source_path: str, data: str, beam_args: Sequence[str] = ()) -> Any:
+    """Convert the source CSV.gz to the sharded TFRecord dataset at ``data`` with Beam.
+
+    The converter is its own cache: a dataset already built from the same source
+    fingerprint and options is reused (``result.skipped``), so a rerun or the weekly
+    retraining skips the conversion when the source is unchanged.
+
+    Returns:
+        ``pipeline.convert.ConvertResult`` (``out``, ``manifest``, ``skipped``).
+    """
+    from pipeline import convert
+
+    result = convert.convert(source_path, data, cfg.data, beam_args=beam_options(cfg, beam_args))
+    if result.skipped:
+        log.info("conversion reused: %s was already built from this source and options", data)
+    return result
+
+
+def step_train(cfg: Config, data: str, run_dir: str) -> Any:
+    """Train into ``run_dir``; a repeated call with the same ``run_dir`` resumes from its checkpoint.
+
+    Returns:
+        ``pipeline.train.TrainResult`` (``run_dir``, ``model_path``, ``epochs``, ``best_val_auc``,
+        ``history``).
+    """
+    from pipeline import train
+
+    return train.run_training(cfg, data, run_dir)
+
+
+def step_evaluate(cfg: Config, data: str, run_dir: str, publish_to: str) -> dict[str, Any]:
+    """Evaluate on the test split, write ``RUN/report/`` and decide the blessing.
+
+    The blessing compares against the model currently published at ``publish_to``.
+
+    Returns:
+        The metrics dict (``auc``, ``auc_ci95``, ``blessed``, …) also in ``RUN/report/metrics.json``.
+    """
+    from pipeline import evaluate
+
+    return evaluate.evaluate(cfg, data, run_dir, published=publish_to)
+
+
+def step_publish(run_dir: str, publish_to: str) -> Any:
+    """Publish model and report; ``latest.json`` moves only to a blessed run.
+
+    Returns:
+        ``pipeline.publish.PublishResult`` (``uri``, ``run_id``, ``files``, ``latest_moved``).
+    """
+    from pipeline import publish
+
+    return publish.publish(run_dir, publish_to)
+
+
+# --- presentation shared by `higgs run` and the flow's artifacts ---------------------------
+
+
+def split_table(manifest: dict[str, Any], metrics: dict[str, Any], best_val_auc: float | None) -> list[
+        dict[str, Any]]:
+    """Rows per split (training / validation / test) with the AUCs known for each.
+
+    Args:
+        manifest: the dataset manifest (``rows`` per split).
+        metrics: the evaluation metrics (test AUC, its interval and the baseline's AUC).
+        best_val_auc: the best validation AUC seen in training (``None`` if unknown).
+
+    Returns:
+        One dict per split: ``split``, ``rows``, ``model_auc``, ``auc_ci95``, ``baseline_auc``
+        (``None`` where not measured).
+    """
+    per_split = metrics.get("splits") or {}
+    rows = []
+    for split in ("training", "validation", "test"):
+        known = per_split.get(split) or {}
+        model_auc = known.get("auc")
+        if model_auc is None and split == "test":
+            model_auc = metrics.get("auc")
+        if model_auc is None and split == "validation":
+            model_auc = best_val_auc
+        ci = known.get("auc_ci95") or (metrics.get("auc_ci95") if split == "test" else None)
+        baseline = known.get("baseline_auc")
+        if baseline is None and split == "test":
+            baseline = baseline_auc(metrics)
+        rows.append({
+            "split": split,
+            "rows": int(manifest.get("rows", {}).get(split, 0)),
+            "model_auc": _round(model_auc),
+            "auc_ci95": [_round(v) for v in ci] if ci else None,
+            "baseline_auc": _round(baseline),
+        })
+    return rows
+
+
+def baseline_auc(metrics: dict[str, Any]) -> float | None:
+    """The BDT baseline's test AUC from the metrics (``None`` when no baseline ran)."""
+    base = metrics.get("baseline")
+    if isinstance(base, dict):
+        return base.get("auc")
+    if isinstance(base, (int, float)):
+        return float(base)
+    return metrics.get("baseline_auc")
+
+
+def published_locations(publish_uri: str) -> dict[str, str]:
+    """Return where the published report and model are, for people to open."""
+    return {
+        "report": storage.join(publish_uri, "report", "report.md"),
+        "model": storage.join(publish_uri, "model"),
+    }
+
+
+def _round(value: Any) -> float | None:
+    return None if value is None else round(float(value), 5)
+
+
+@dataclass
+class ChainResult:
+    """Everything one run of the chain produced, plus wall seconds per step."""
+
+    paths: Paths
+    source: Any = None
+    conversion: Any = None
+    training: Any = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    published: Any = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """A few lines for people: where report and model are, AUC, blessing, step times."""
+        where = published_locations(self.published.uri) if self.published else {
+            "report": storage.join(self.paths.run_dir, "report", "report.md"),
+            "model": storage.join(self.paths.run_dir, "model"),
+        }
+        auc = self.metrics.get("auc")
+        ci = self.metrics.get("auc_ci95") or [None, None]
+        base = baseline_auc(self.metrics)
+        head = f"run {self.paths.run_id}: AUC {auc:.4f}"
+        if ci[0] is not None:
+            head += f" (95% CI {ci[0]:.4f}–{ci[1]:.4f})"
+        if base is not None:
+            head += f", baseline {base:.4f}"
+        lines = [
+            head + f", blessed: {self.metrics.get('blessed')}",
+            f"  report: {where['report']}",
+            f"  model:  {where['model']}",
+        ]
+        if self.published is not None:
+            latest = "moved to this run" if self.published.latest_moved else "unchanged (not blessed)"
+            lines.append(f"  latest: {storage.join(self.paths.publish_to, 'latest.json')} {latest}")
+        if self.conversion is not None and self.conversion.skipped:
+            lines.append(f"  data:   {self.paths.data} (reused: same source and options)")
+        else:
+            lines.append(f"  data:   {self.paths.data}")
+        times = ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items())
+        lines.append(f"  time:   {times} (total {sum(self.seconds.values()):.1f}s)")
+        return "\n".join(lines)
+
+
+def run_chain(
+    cfg: Config,
+    data: str | None = None,
+    run_dir: str | None = None,
+    publish_to: str | None = None,
+    beam_args: Sequence[str] = (),
+) -> ChainResult:
+    """Run source → convert → train → evaluate → publish in this process.
+
+    Publishing is the last step, so a failure anywhere before it publishes nothing.
+
+    Args:
+        cfg: the resolved config.
+        data: dataset directory (default from :func:`default_paths`).
+        run_dir: run directory (default ``<runs_root>/<run_id>``); reusing one resumes training.
+        publish_to: publish target (default ``cfg.runtime.publish_to``).
+        beam_args: extra Beam pipeline options for the conversion.
+
+    Returns:
+        The :class:`ChainResult`; ``.summary()`` is what ``higgs run`` prints.
+
+    Raises:
+        PipelineError: from whichever step failed, one line naming the thing and the fix.
+    """
+    paths = default_paths(cfg, data=data, run_dir=run_dir, publish_to=publish_to)
+    result = ChainResult(paths=paths)
+    log.info("run %s: data %s, run dir %s, publish to %s", paths.run_id, paths.data, paths.run_dir,
+             paths.publish_to)
+
+    def timed(name: str, fn: Any, *args: Any) -> Any:
+        start = time.perf_counter()
+        value = fn(*args)
+        result.seconds[name] = time.perf_counter() - start
+        log.info("step %s done in %.1fs", name, result.seconds[name])
+        return value
+
+    result.source = timed("source", step_source, cfg)
+    result.conversion = timed("convert", step_convert, cfg, result.source.path, paths.data, beam_args)
+    result.training = timed("train", step_train, cfg, paths.data, paths.run_dir)
+    result.metrics = timed("evaluate", step_evaluate, cfg, paths.data, paths.run_dir, paths.publish_to)
+    result.published = timed("publish", step_publish, paths.run_dir, paths.publish_to)
+    return result
