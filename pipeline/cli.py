@@ -3,6 +3,7 @@
     higgs synth --rows 100000 --seed 1 --out data/sources/sample.csv.gz
     higgs convert --source data/sources/sample.csv.gz --out data/sample
     higgs train --data data/sample --out runs/try --preset sample --workers 2
+    higgs lr-find --data data/sample --out runs/lrfind --set train.optimizer=sgd
     higgs evaluate --data data/sample --run runs/try
     higgs publish --run runs/try --to runs
     higgs run --preset sample
@@ -92,6 +93,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from pipeline import lrfind
+
+    result = lrfind.lr_find(cfg, args.data, args.out, min_lr=args.min_lr, max_lr=args.max_lr,
+                            steps=args.steps)
+    stopped = ", stopped on divergence" if result.diverged else ""
+    print(f"suggested learning rate {result.suggested_lr:.3g} (min-loss rate / 10; steepest "
+          f"{result.steepest_lr:.3g}) from {len(result.lrs)} steps{stopped}; "
+          f"wrote {result.plot_path} and {result.json_path}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from pipeline import evaluate
@@ -161,6 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time a few real steps and print the expected run time; no training")
     _add_config_args(p)
     p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("lr-find", help="LR range test: loss vs exponentially growing rate → PNG + JSON")
+    p.add_argument("--data", required=True, metavar="DATA")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--min-lr", type=float, default=1e-6)
+    p.add_argument("--max-lr", type=float, default=1.0)
+    p.add_argument("--steps", type=int, default=100)
+    _add_config_args(p)
+    p.set_defaults(handler=cmd_lr_find)
 
     p = sub.add_parser("evaluate", help="exact AUC report, baseline and blessing → RUN/report/")
     p.add_argument("--data", required=True, metavar="DATA")
