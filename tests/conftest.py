@@ -91,3 +91,22 @@ def gcs_bucket(gcs_emulator: str) -> str:
     name = f"test-{uuid.uuid4().hex[:12]}"
     storage.gcs_client().create_bucket(name)
     return name
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A real converted dataset: 12,000 generated rows (seed 7), `sample` preset shard counts.
+
+    Built once per session with ``pipeline.synth.write_csv`` and ``pipeline.convert.convert``
+    (DirectRunner, in-process); returns the DATA directory (str) holding ``manifest.json``.
+    The source CSV is ``<DATA>/../source.csv.gz``.
+    """
+    from pipeline import convert, synth
+    from pipeline.config import load_config
+
+    root = tmp_path_factory.mktemp("small_dataset")
+    source = root / "source.csv.gz"
+    synth.write_csv(source, rows=12_000, seed=7)
+    data = root / "data"
+    convert.convert(str(source), str(data), load_config("sample").data)
+    return str(data)
