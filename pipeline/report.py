@@ -264,7 +264,8 @@ def _feature_stats(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _history_section(history: Mapping[str, Sequence[float]]) -> list[str]:
-    keys = [k for k in ("loss", "val_loss", "auc", "val_auc", "accuracy", "val_accuracy", "lr")
+    # weight_norm: total Frobenius norm of the kernels (pipeline.optim.WeightNormCallback).
+    keys = [k for k in ("loss", "val_loss", "auc", "val_auc", "accuracy", "val_accuracy", "lr", "weight_norm")
             if history.get(k)]
     if not keys:
         return ["## Training history", "", "No history.json in the run directory.", ""]
