@@ -407,8 +407,8 @@ class HistoryJson(keras.callbacks.Callback):
         history = {k: [v[i] for i in keep] for k, v in self.history.items() if len(v) == len(epochs)}
         row: dict[str, Any] = {"epoch": epoch, "lr": self._lr}
         row.update({k: logs.get(k) for k in HISTORY_KEYS[1:-1]})
-        if "weight_norm" in logs:
-            row["weight_norm"] = logs["weight_norm"]
+        # Kernel norms from optim.WeightNormCallback: total and per layer ("weight_norm/<layer>").
+        row.update({k: v for k, v in logs.items() if k.startswith("weight_norm")})
         for key, value in row.items():
             column = history.setdefault(key, [None] * len(keep))
             column.append(None if value is None else (int(value) if key == "epoch" else float(value)))
