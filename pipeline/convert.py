@@ -735,7 +735,8 @@ def _preflight(files: _Files, path: str) -> float:
         with _open_text(files, path) as stream:
             sample = stream.read(_SAMPLE_BYTES)
     except _isal_errors() as exc:
-        raise ConvertError(f"source {path} is a corrupt gzip file ({type(exc).__name__}: {exc}); "
+        raise ConvertError(f"source {path} is a corrupt or truncated gzip file "
+                           f"({type(exc).__name__}: {exc}); "
                            "download it again") from None
     if not sample.strip():
         raise ConvertError(f"source {path} holds no rows; download or generate it again")
