@@ -9,9 +9,10 @@ functions ``higgs run`` calls — so the flow can do nothing the CLI can't. What
 orchestrator adds:
 
 - **retries only where they help**: the source download and the publish upload retry with
-  exponential backoff; training retries once and *resumes* from its BackupAndRestore
-  checkpoint because the run directory is fixed before the task starts. Errors a user must
-  fix (:class:`~pipeline.errors.PipelineError`) are never retried.
+  exponential backoff (only for remote locations — a missing local file fails at once with
+  its one-line message); training retries once and *resumes* from its BackupAndRestore
+  checkpoint because the run directory is fixed before the task starts. Other errors a user
+  must fix (:class:`~pipeline.errors.PipelineError`) are not retried.
 - **conversion cache**: the converter itself skips a dataset already built from the same
   source fingerprint and options; the task logs "reused" (no Prefect result cache, which
   would not know when the files on disk change).
@@ -26,6 +27,8 @@ orchestrator adds:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -33,6 +36,7 @@ from typing import Annotated, Any, Literal
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
@@ -77,6 +81,40 @@ def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
     return True
 
 
+class RemoteIOError(PipelineError):
+    """A PipelineError while reading or writing a remote location (https://, gs://).
+
+    The library already retries a dropped transfer; when it still gives up, the network or
+    the store may recover later, so the task retries with the orchestrator's longer backoff.
+    The message is the library's one line, unchanged.
+    """
+
+    transient = True
+
+
+def is_remote(location: str) -> bool:
+    """True for https://, http:// and gs:// locations (where I/O failures can be transient)."""
+    return str(location).startswith(("https://", "http://", "gs://"))
+
+
+@contextmanager
+def _remote_failures_retryable(location: str) -> Iterator[None]:
+    try:
+        yield
+    except PipelineError as exc:
+        if is_remote(location) and not getattr(exc, "transient", False):
+            raise RemoteIOError(str(exc)) from exc
+        raise
+
+
+def _logger() -> Any:
+    """The run logger inside a flow or task run; a plain logger when called via ``.fn()``."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("higgs.flow")
+
+
 IO_RETRIES = {
     "retries": 3,
     "retry_delay_seconds": exponential_backoff(backoff_factor=10),  # 10 s, 20 s, 40 s
@@ -92,8 +130,9 @@ def ensure_source(cfg: Config) -> Any:
     Returns:
         ``SourceInfo`` with ``path``, ``uri``, ``bytes``, ``sha256``.
     """
-    info = chain.step_source(cfg)
-    get_run_logger().info("source ready: %s (%s bytes, sha256 %s)", info.path, f"{info.bytes:,}",
+    with _remote_failures_retryable(cfg.data.source):
+        info = chain.step_source(cfg)
+    _logger().info("source ready: %s (%s bytes, sha256 %s)", info.path, f"{info.bytes:,}",
                           info.sha256)
     return info
 
@@ -108,7 +147,7 @@ def convert(cfg: Config, source_path: str, data: str, beam_args: list[str]) -> A
     result = chain.step_convert(cfg, source_path, data, beam_args)
     rows = result.manifest["rows"]
     what = "reused cached conversion (same source fingerprint and options)" if result.skipped else "converted"
-    get_run_logger().info("%s: %s — training %s, validation %s, test %s rows", what, data,
+    _logger().info("%s: %s — training %s, validation %s, test %s rows", what, data,
                           f"{rows['training']:,}", f"{rows['validation']:,}", f"{rows['test']:,}")
     return result
 
@@ -124,10 +163,10 @@ def train(cfg: Config, data: str, run_dir: str) -> Any:
     from prefect.runtime import task_run
 
     if task_run.get_run_count() > 1:
-        get_run_logger().warning("retry %d: resuming training from %s/checkpoints",
+        _logger().warning("retry %d: resuming training from %s/checkpoints",
                                  task_run.get_run_count() - 1, run_dir)
     result = chain.step_train(cfg, data, run_dir)
-    get_run_logger().info("trained %d epochs, best val_auc %.4f, model %s", result.epochs,
+    _logger().info("trained %d epochs, best val_auc %.4f, model %s", result.epochs,
                           result.best_val_auc, result.model_path)
     return result
 
@@ -140,7 +179,7 @@ def evaluate(cfg: Config, data: str, run_dir: str, publish_to: str) -> dict[str,
         The metrics dict (``auc``, ``auc_ci95``, ``blessed``, …).
     """
     metrics = chain.step_evaluate(cfg, data, run_dir, publish_to)
-    get_run_logger().info("test AUC %.4f, blessed: %s", metrics["auc"], metrics.get("blessed"))
+    _logger().info("test AUC %.4f, blessed: %s", metrics["auc"], metrics.get("blessed"))
     return metrics
 
 
@@ -151,8 +190,9 @@ def publish(run_dir: str, publish_to: str) -> Any:
     Returns:
         ``PublishResult`` with ``uri``, ``run_id``, ``files``, ``latest_moved``.
     """
-    result = chain.step_publish(run_dir, publish_to)
-    get_run_logger().info("published %d files to %s; latest.json %s", result.files, result.uri,
+    with _remote_failures_retryable(publish_to):
+        result = chain.step_publish(run_dir, publish_to)
+    _logger().info("published %d files to %s; latest.json %s", result.files, result.uri,
                           "moved to this run" if result.latest_moved else "unchanged (not blessed)")
     return result
 

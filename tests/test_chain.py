@@ -1,0 +1,105 @@
+"""pipeline.chain: default locations, Beam options, the per-split table, and the whole chain.
+
+    .venv/bin/pytest tests/test_chain.py
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from pipeline import chain
+from pipeline.config import load_config
+from pipeline.errors import PipelineError
+
+# The production sample preset shrunk so the real chain runs in well under a minute here.
+SMALL = ["data.synth_rows=20000", "train.epochs=2", "model.units=32", "model.blocks=2",
+         "evaluate.baseline_rows=5000", "evaluate.baseline_trees=20", "train.shuffle_buffer=5000"]
+
+
+def test_run_id_is_utc_timestamp_and_preset():
+    cfg = load_config("sample")
+    when = datetime(2026, 11, 21, 9, 30, 0, tzinfo=timezone(timedelta(hours=1)))
+    assert chain.run_id_for(cfg, when) == "20261121-083000-sample"
+    assert chain.run_id_for(load_config("full"), datetime(2026, 1, 2, 3, 4, 5)) == "20260102-030405-full"
+
+
+def test_dataset_name_follows_the_source():
+    assert chain.dataset_name(load_config("sample")) == "higgs-synth-r220000-s1"
+    small = load_config("sample", overrides=["data.synth_rows=1000", "data.synth_seed=7"])
+    assert chain.dataset_name(small) == "higgs-synth-r1000-s7"
+    assert chain.dataset_name(load_config("full")) == "HIGGS"
+    cfg = load_config("full", overrides=["data.source=gs://bucket/dir/HIGGS small.csv.gz"])
+    assert chain.dataset_name(cfg) == "HIGGS-small"
+
+
+def test_default_paths_use_config_roots_and_explicit_values_win(tmp_path):
+    cfg = load_config("sample", overrides=[f"data.data_root={tmp_path}/d", f"runtime.runs_root={tmp_path}/r",
+                                           "runtime.publish_to=gs://b/published"])
+    when = datetime(2026, 11, 21, 8, 30, tzinfo=UTC)
+    paths = chain.default_paths(cfg, when=when)
+    assert paths == chain.Paths(run_id="20261121-083000-sample", data=f"{tmp_path}/d/higgs-synth-r220000-s1",
+                                run_dir=f"{tmp_path}/r/20261121-083000-sample", publish_to="gs://b/published")
+    explicit = chain.default_paths(cfg, data="/x/data", run_dir="/y/runs/my-run", publish_to="/z")
+    assert (explicit.run_id, explicit.data, explicit.run_dir, explicit.publish_to) == \
+        ("my-run", "/x/data", "/y/runs/my-run", "/z")
+    assert chain.default_paths(cfg, run_id="fixed").run_dir == f"{tmp_path}/r/fixed"
+
+
+def test_beam_options_add_runner_from_config_unless_given():
+    cfg = load_config("sample")
+    assert chain.beam_options(cfg) == ["--runner=DirectRunner", "--direct_num_workers=1"]
+    assert chain.beam_options(cfg, ["--runner=DataflowRunner", "--project=p"]) == \
+        ["--runner=DataflowRunner", "--project=p"]
+    assert chain.beam_options(cfg, ["--direct_num_workers=2"]) == ["--runner=DirectRunner",
+                                                                   "--direct_num_workers=2"]
+
+
+def test_split_table_has_rows_and_the_auc_known_per_split():
+    manifest = {"rows": {"training": 100, "validation": 10, "test": 12}}
+    metrics = {"auc": 0.81234567, "auc_ci95": [0.8, 0.82], "baseline": {"auc": 0.79}}
+    table = chain.split_table(manifest, metrics, best_val_auc=0.805)
+    assert table == [
+        {"split": "training", "rows": 100, "model_auc": None, "auc_ci95": None, "baseline_auc": None},
+        {"split": "validation", "rows": 10, "model_auc": 0.805, "auc_ci95": None, "baseline_auc": None},
+        {"split": "test", "rows": 12, "model_auc": 0.81235, "auc_ci95": [0.8, 0.82], "baseline_auc": 0.79},
+    ]
+    assert chain.baseline_auc({"baseline": None}) is None
+
+
+@pytest.mark.slow
+def test_run_chain_end_to_end_then_reuses_conversion(tmp_path):
+    """The real chain on a small generated sample; a second run reuses the converted dataset."""
+    cfg = load_config("sample", overrides=[*SMALL, f"data.data_root={tmp_path}/data",
+                                           f"runtime.runs_root={tmp_path}/runs",
+                                           f"runtime.publish_to={tmp_path}/runs"])
+    first = chain.run_chain(cfg, run_dir=str(tmp_path / "runs" / "first"))
+
+    assert first.conversion.skipped is False
+    assert set(first.seconds) == set(chain.STEPS)
+    run = tmp_path / "runs" / "first"
+    assert (run / "model" / "model.keras").is_file()
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    assert 0.5 < metrics["auc"] <= 1.0 and metrics["auc"] == first.metrics["auc"]
+    assert first.published.uri == str(run)  # published in place: runs/<run_id>
+    latest = tmp_path / "runs" / "latest.json"
+    assert latest.is_file() == bool(first.metrics["blessed"])
+    summary = first.summary()
+    assert str(run / "report" / "report.md") in summary and "AUC" in summary and "publish" in summary
+
+    second = chain.run_chain(cfg, run_dir=str(tmp_path / "runs" / "second"))
+    assert second.conversion.skipped is True
+    assert "reused" in second.summary()
+    assert Path(second.published.uri).name == "second"
+
+
+def test_run_chain_missing_source_publishes_nothing(tmp_path):
+    cfg = load_config("sample", overrides=[f"data.source={tmp_path}/nope/HIGGS.csv.gz",
+                                           f"runtime.runs_root={tmp_path}/runs",
+                                           f"runtime.publish_to={tmp_path}/runs"])
+    with pytest.raises(PipelineError, match=r"nope/HIGGS\.csv\.gz does not exist"):
+        chain.run_chain(cfg)
+    assert not (tmp_path / "runs").exists()

@@ -1,0 +1,178 @@
+"""The Prefect flow ``higgs``: tasks through ``.fn()``, the flow under ``prefect_test_harness``.
+
+    .venv/bin/pytest tests/test_flow.py
+
+Everything is real (Prefect's temporary server, Beam, TensorFlow) on a generated sample shrunk
+through the flow's own ``overrides`` parameter.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import free_port
+
+from flows import deployments
+from flows import higgs as flowmod
+from flows.local_run import api
+from pipeline.config import ConfigError
+from pipeline.errors import PipelineError
+
+SMALL = ["data.synth_rows=20000", "train.epochs=2", "model.units=32", "model.blocks=2",
+         "evaluate.baseline_rows=5000", "evaluate.baseline_trees=20", "train.shuffle_buffer=5000"]
+
+
+@pytest.fixture(scope="module")
+def harness():
+    """A temporary Prefect server + SQLite database for this module's flow runs."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _api_url() -> str:
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
+
+
+def _flow_run_id(state) -> str:
+    return str(state.state_details.flow_run_id)
+
+
+# --- parameters → config ------------------------------------------------------------------
+
+
+def test_flow_config_none_keeps_the_preset_and_typed_parameters_win():
+    full = flowmod.flow_config("full")
+    assert full.data.source.startswith("https://") and full.model.units == 2048
+    cfg = flowmod.flow_config("sample", source="", data_dir="/d", runs_root="/r", publish_to="gs://b/p",
+                              runner="PrismRunner", strategy="mirrored", workers=2, epochs=3,
+                              overrides=["train.epochs=9", "model.units=64"])
+    assert (cfg.data.source, cfg.data.data_root, cfg.runtime.runs_root, cfg.runtime.publish_to) == \
+        ("", "/d", "/r", "gs://b/p")
+    assert (cfg.runtime.runner, cfg.train.strategy, cfg.train.workers) == ("PrismRunner", "mirrored", 2)
+    assert cfg.train.epochs == 3  # the typed parameter beats the generic override
+    assert cfg.model.units == 64
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
+        flowmod.flow_config("sample", overrides=["units"])
+
+
+def test_deployments_from_prefect_yaml():
+    specs = deployments.load_specs()
+    built = {d.name: d for d in deployments.build_deployments(specs)}
+    assert set(built) == {"full", "sample", "retrain"}
+    assert built["sample"].parameters == {"preset": "sample", "source": "", "runner": "DirectRunner"}
+    assert built["full"].parameters == {"preset": "full"}
+    crons = [s.schedule.cron for s in built["retrain"].schedules]
+    assert crons == ["0 3 * * 1"]
+    assert not built["sample"].schedules and not built["full"].schedules
+    assert built["sample"].entrypoint == "flows.higgs.higgs"
+    with pytest.raises(deployments.DeploymentSpecError, match="no deployment named nightly"):
+        deployments.build_deployments(specs, only=["nightly"])
+
+
+def test_deployment_spec_errors_are_one_line(tmp_path):
+    bad = tmp_path / "prefect.yaml"
+    bad.write_text("deployments:\n  - name: x\n    entrypoint: other.py:f\n")
+    with pytest.raises(deployments.DeploymentSpecError, match=r"serves flows/higgs\.py:higgs only"):
+        deployments.load_specs(bad)
+    with pytest.raises(deployments.DeploymentSpecError, match="cannot read"):
+        deployments.load_specs(tmp_path / "missing.yaml")
+
+
+# --- tasks through .fn() ------------------------------------------------------------------
+
+
+def test_ensure_source_fn_local_missing_is_not_retryable(tmp_path):
+    cfg = flowmod.flow_config("sample", source=str(tmp_path / "HIGGS.csv.gz"))
+    with pytest.raises(PipelineError, match="does not exist") as err:
+        flowmod.ensure_source.fn(cfg)
+    assert not isinstance(err.value, flowmod.RemoteIOError)
+    from prefect.states import Failed
+
+    assert flowmod._retry_unless_user_error(None, None, Failed(data=err.value)) is False
+
+
+def test_ensure_source_fn_unreachable_url_is_retryable(tmp_path):
+    url = f"http://127.0.0.1:{free_port()}/HIGGS.csv.gz"  # nothing listens there
+    cfg = flowmod.flow_config("full", source=url, data_dir=str(tmp_path))
+    with pytest.raises(flowmod.RemoteIOError, match=r"cannot reach http://127\.0\.0\.1") as err:
+        flowmod.ensure_source.fn(cfg)
+    from prefect.states import Failed
+
+    assert flowmod._retry_unless_user_error(None, None, Failed(data=err.value)) is True
+    assert flowmod._retry_unless_user_error(None, None, Failed(data=OSError("disk"))) is True
+
+
+def test_source_and_convert_fn_generate_then_reuse(tmp_path):
+    cfg = flowmod.flow_config("sample", source="", data_dir=str(tmp_path), overrides=SMALL)
+    info = flowmod.ensure_source.fn(cfg)
+    assert Path(info.path).is_file() and info.bytes > 0 and len(info.sha256) == 64
+    out = str(tmp_path / "ds")
+    first = flowmod.convert.fn(cfg, info.path, out, [])
+    assert first.skipped is False and sum(first.manifest["rows"].values()) == 20000
+    second = flowmod.convert.fn(cfg, info.path, out, [])
+    assert second.skipped is True and second.manifest["rows"] == first.manifest["rows"]
+
+
+# --- the flow under the test harness ------------------------------------------------------
+
+
+def test_flow_rejects_bad_parameters(harness):
+    from prefect.exceptions import ParameterTypeError
+
+    for bad in ({"workers": 0}, {"preset": "huge"}, {"strategy": "gpu-cluster"}):
+        with pytest.raises(ParameterTypeError):
+            flowmod.higgs(**bad)
+
+
+def test_flow_missing_source_fails_with_one_line_and_publishes_nothing(harness, tmp_path):
+    missing = tmp_path / "nowhere" / "HIGGS.csv.gz"
+    state = flowmod.higgs(preset="sample", source=str(missing), data_dir=str(tmp_path / "data"),
+                          runs_root=str(tmp_path / "runs"), publish_to=str(tmp_path / "pub"),
+                          return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith(f"ensure_source failed: source {missing} does not exist;")
+    assert "\n" not in state.message
+    assert not (tmp_path / "pub").exists() and not (tmp_path / "runs").exists()
+    flow_run_id = _flow_run_id(state)
+    tasks = api(_api_url(), "POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}},
+                                                          "limit": 50})
+    assert [(t["name"].rsplit("-", 1)[0], t["run_count"]) for t in tasks] == [("ensure_source", 1)]
+
+
+@pytest.mark.slow
+def test_flow_sample_run_publishes_and_creates_artifacts(harness, tmp_path):
+    """The whole flow on a small generated sample; then a second run reuses the conversion."""
+    params = dict(preset="sample", source="", data_dir=str(tmp_path / "data"),
+                  runs_root=str(tmp_path / "runs"), publish_to=str(tmp_path / "runs"), overrides=SMALL)
+    state = flowmod.higgs(**params, run_id="first", return_state=True)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    run = tmp_path / "runs" / "first"
+    assert summary["run_id"] == "first" and summary["published"] == str(run)
+    assert summary["report"] == str(run / "report" / "report.md")
+    assert (run / "report" / "report.md").is_file() and (run / "model" / "model.keras").is_file()
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    assert summary["auc"] == metrics["auc"] and 0.5 < metrics["auc"] <= 1.0
+    assert (tmp_path / "runs" / "latest.json").is_file() == bool(metrics["blessed"])
+    assert summary["conversion_reused"] is False
+
+    flow_run_id = _flow_run_id(state)
+    arts = {a["key"]: a for a in api(_api_url(), "POST", "/artifacts/filter",
+                                     {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 50})}
+    assert set(arts) == {flowmod.ARTIFACT_REPORT, flowmod.ARTIFACT_SPLITS, flowmod.ARTIFACT_MODEL}
+    assert f"{metrics['auc']:.4f}" in arts[flowmod.ARTIFACT_REPORT]["data"]
+    assert f"**{metrics['blessed']}**" in arts[flowmod.ARTIFACT_REPORT]["data"]
+    table = json.loads(arts[flowmod.ARTIFACT_SPLITS]["data"])
+    assert [r["split"] for r in table] == ["training", "validation", "test"]
+    assert sum(r["rows"] for r in table) == 20000
+    assert arts[flowmod.ARTIFACT_MODEL]["data"] == f"[{run / 'model'}]({(run / 'model').as_uri()})"
+
+    again = flowmod.higgs(**params, run_id="second", return_state=True)
+    assert again.is_completed(), again.message
+    assert again.result()["conversion_reused"] is True
