@@ -70,7 +70,8 @@ def make_dataset(
             ``cache``, ``deterministic`` and ``seed``.
         input_context: from ``distribute_datasets_from_function``; selects this pipeline's
             files (or records) and the per-replica batch size. None = the whole split.
-        training: shuffle (files and records), repeat forever and drop the last partial batch.
+        training: shuffle (files and records), repeat forever and drop the last partial batch;
+            otherwise the records come in manifest/file order.
         batch_size: examples per batch; default ``train.batch_size_per_replica``.
         repeat: override of the repeat-forever choice (default = ``training``).
         drop_remainder: override (default = ``training``); a distributed evaluation wants
@@ -109,7 +110,8 @@ def make_dataset(
         files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     ds = files.interleave(
         tf.data.TFRecordDataset,
-        cycle_length=min(CYCLE_LENGTH, len(paths)),
+        # Not training: one file after the other, so a pass yields the records in file order.
+        cycle_length=min(CYCLE_LENGTH, len(paths)) if training else 1,
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic or not training,
     )

@@ -136,8 +136,13 @@ def run_local_cluster(cfg: Config, data: str, run_dir: str, *, workers: int | No
 def _wait(procs: Sequence[subprocess.Popen], timeout: float | None) -> None:
     """Wait for all workers; on the first failure (or the timeout) raise LaunchError."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    done: set[int] = set()
     while True:
         codes = [p.poll() for p in procs]
+        for i, code in enumerate(codes):
+            if code == 0 and i not in done:
+                done.add(i)
+                log.info("worker %d finished", i)
         for i, code in enumerate(codes):
             if code not in (None, 0):
                 raise LaunchError(f"worker {i} of {len(procs)} failed with exit code {code} "
@@ -159,6 +164,8 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # TensorFlow logs every eager all-reduce at INFO; keep the workers' streams readable.
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
     from pipeline import train
     from pipeline.config import read_config
 
