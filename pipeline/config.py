@@ -184,7 +184,10 @@ SECTIONS: dict[str, type] = {
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
         "data": {"source": "https://archive.ics.uci.edu/ml/machine-learning-databases/00280/HIGGS.csv.gz",
-                 "data_root": "data"},
+                 "data_root": "data",
+                 # The UCI file as recorded by several independent public projects.
+                 "sha256": "ea302c18164d4e3d916a1e2e83a9a8d07069fa6ebc7771e4c0540d54e593b698",
+                 "expected_bytes": 2_816_407_858},
     },
     "sample": {
         "data": {"synth_rows": 220_000, "training_shards": 4, "validation_shards": 2,
