@@ -115,6 +115,25 @@ def _logger() -> Any:
         return logging.getLogger("higgs.flow")
 
 
+def _retry_training(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a crashed training (a failed worker, a lost process) but not a bad config or dataset.
+
+    ``TrainError`` is what the library raises when a worker of the local cluster dies; the
+    retry resumes from the run's BackupAndRestore checkpoint.
+    """
+    from pipeline.train import TrainError  # TensorFlow is loaded by now: training ran
+
+    try:
+        state.result()
+    except TrainError:
+        return True
+    except PipelineError as exc:
+        return bool(getattr(exc, "transient", False))
+    except Exception:
+        return True
+    return True
+
+
 IO_RETRIES = {
     "retries": 3,
     "retry_delay_seconds": exponential_backoff(backoff_factor=10),  # 10 s, 20 s, 40 s
@@ -153,7 +172,7 @@ def convert(cfg: Config, source_path: str, data: str, beam_args: list[str]) -> A
 
 
 @task(name="train", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
-      retry_condition_fn=_retry_unless_user_error)
+      retry_condition_fn=_retry_training)
 def train(cfg: Config, data: str, run_dir: str) -> Any:
     """Train the wide-and-deep model; a retry resumes from ``run_dir/checkpoints``.
 

@@ -74,18 +74,23 @@ def dataset_name(cfg: Config) -> str:
     """Name the dataset directory after its source, so different sources never share one.
 
     A generated sample is ``higgs-synth-r<rows>-s<seed>``; a file is named by its basename
-    without ``.csv.gz`` (``HIGGS``).
+    without ``.csv.gz`` (``HIGGS``). Presets convert with different shard layouts, and the
+    converter refuses to overwrite a dataset built with other options, so a preset other than
+    the source's natural one (``sample`` for generated data, ``full`` for a file) adds its
+    name: ``HIGGS-sample``.
     """
     source = cfg.data.source.strip()
     if not source:
-        return f"higgs-synth-r{cfg.data.synth_rows}-s{cfg.data.synth_seed}"
+        name = f"higgs-synth-r{cfg.data.synth_rows}-s{cfg.data.synth_seed}"
+        return name if cfg.preset == "sample" else f"{name}-{cfg.preset}"
     name = PurePosixPath(source.split("?", 1)[0].rstrip("/")).name
     for suffix in _SOURCE_SUFFIXES:
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break
     # Keep directory names portable (local and gs://): letters, digits, - _ . only.
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "source"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "source"
+    return name if cfg.preset == "full" else f"{name}-{cfg.preset}"
 
 
 def default_paths(

@@ -34,6 +34,11 @@ def test_dataset_name_follows_the_source():
     assert chain.dataset_name(load_config("full")) == "HIGGS"
     cfg = load_config("full", overrides=["data.source=gs://bucket/dir/HIGGS small.csv.gz"])
     assert chain.dataset_name(cfg) == "HIGGS-small"
+    # Another preset converts with another shard layout: it gets its own directory.
+    assert chain.dataset_name(load_config("sample", overrides=["data.source=/d/HIGGS.csv.gz"])) == \
+        "HIGGS-sample"
+    generated_full = load_config("full", overrides=["data.source="])
+    assert chain.dataset_name(generated_full) == "higgs-synth-r220000-s1-full"
 
 
 def test_default_paths_use_config_roots_and_explicit_values_win(tmp_path):
