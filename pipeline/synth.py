@@ -53,7 +53,7 @@ the assignment minimizing ``(m_jjb − m_t)² + (m_ℓνb − m_t)²``. ``m_bb``
 *Scaling* (like the real file): momenta, MET and masses are divided by constants that make
 their mean ≈ 1 on a 53%-signal mixture; η columns are divided by constants that make their
 standard deviation ≈ 1; φ columns are divided by 1.8021, which maps π to the real file's
-maximum |φ| (1.7433). The constants are fixed in :data:`_SCALE` (re-derive them with
+maximum |φ| (1.7433). The constants are fixed in :data:`COLUMN_DIVISORS` (re-derive them with
 :func:`calibrate` if the model changes) so every file uses the same scale.
 """
 
@@ -94,9 +94,10 @@ BTAG_LIGHT = (0.80, 0.12, 0.08)
 BTAG_UNIT = (1.0865380764007568, 1.1074360609054565, 1.2741122245788574, 1.5509806871414185)
 PHI_DIVISOR = 1.8021  # π / 1.8021 = 1.7433, the real file's max |φ|
 
-# Divisors of the raw (GeV / η) columns, derived by `calibrate()` on 400k events, seed 12345.
-# Index = feature column; φ and b-tag columns are handled separately (value unused there).
-_SCALE_BY_NAME = {
+# Divisors of the raw (GeV / η) columns, derived by `calibrate()` on 400k events, seed 12345:
+# a scaled momentum or mass × its divisor = GeV. φ and b-tag columns use PHI_DIVISOR and
+# BTAG_UNIT instead (their entry here is 1).
+COLUMN_DIVISORS = {
     "lepton_pT": 60.8797,
     "lepton_eta": 0.9880,
     "lepton_phi": 1.0000,
@@ -126,7 +127,7 @@ _SCALE_BY_NAME = {
     "m_wbb": 338.3800,
     "m_wwbb": 502.6028,
 }
-_SCALE = np.array([_SCALE_BY_NAME[n] for n in schema.FEATURES])
+_SCALE = np.array([COLUMN_DIVISORS[n] for n in schema.FEATURES])
 
 # Fixed-size blocks make the event stream independent of how the caller chunks it.
 _CANDIDATE_BLOCK = 32_768
@@ -152,7 +153,7 @@ class SynthResult:
     write_cpu_seconds: float = 0.0
 
 
-# --- four-vector helpers (tuples of float64 arrays E, px, py, pz) ----------------------------
+# --- four-vector helpers (tuples of float32 arrays E, px, py, pz) ----------------------------
 
 
 def _add(*vecs):
@@ -396,8 +397,8 @@ def _block_rng(seed: int, stream: int, block: int) -> np.random.Generator:
 class _ClassStream:
     """Accepted events of one class, generated in fixed candidate blocks (chunking-invariant)."""
 
-    def __init__(self, seed: int, stream: int, raw: bool = False):
-        self.seed, self.stream, self.raw = seed, stream, raw
+    def __init__(self, seed: int, stream: int):
+        self.seed, self.stream = seed, stream
         self.block = 0
         self.buffer = np.empty((0, schema.NUM_FEATURES), _F)
 
@@ -412,11 +413,13 @@ class _ClassStream:
             parts.append(events)
             have += events.shape[0]
         allev = np.concatenate(parts) if len(parts) > 1 else self.buffer
-        self.buffer = allev[n:]
+        self.buffer = allev[n:].copy()  # < one block; don't keep the whole chunk alive
         return allev[:n]
 
 
 class _LabelStream:
+    """Labels drawn with P(signal) = SIGNAL_FRACTION, in fixed blocks like the events."""
+
     def __init__(self, seed: int):
         self.seed, self.block = seed, 0
         self.buffer = np.empty(0, dtype=bool)
@@ -477,7 +480,7 @@ def generate(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def calibrate(rows: int = 400_000, seed: int = 12345) -> np.ndarray:
-    """Re-derive the divisors in :data:`_SCALE` (mean for GeV columns, std for η columns).
+    """Re-derive :data:`COLUMN_DIVISORS` (mean for GeV columns, std for η columns).
 
     Args:
         rows: events of the 53%-signal mixture to average over.

@@ -16,7 +16,7 @@ import pytest
 
 from pipeline import schema, synth
 
-SCALE = dict(synth._SCALE_BY_NAME)  # GeV per scaled unit, to read peaks in GeV
+SCALE = dict(synth.COLUMN_DIVISORS)  # GeV per scaled unit, to read peaks in GeV
 
 
 def _col(features: np.ndarray, name: str) -> np.ndarray:
