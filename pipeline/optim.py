@@ -112,6 +112,9 @@ def validate_train_config(train_cfg: TrainConfig) -> None:
             )
         if not t.cg_lambda > 0:
             raise ConfigError(f"train.cg_lambda must be > 0, got {t.cg_lambda}")
+        if t.reduce_lr:
+            raise ConfigError("train.optimizer=cg cannot use train.reduce_lr=true: lowering its rate makes "
+                              "the Frank–Wolfe steps larger (step = 1 − rate); set train.reduce_lr=false")
 
 
 # --- schedules -----------------------------------------------------------------------------

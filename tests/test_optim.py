@@ -51,8 +51,10 @@ def _train(*overrides: str):
         (["train.clipnorm=1.0", "train.global_clipnorm=1.0"], "at most one of train.clipnorm"),
         (["train.clipvalue=0"], "train.clipvalue must be > 0"),
         (["train.optimizer=adamw"], "needs train.weight_decay > 0"),
-        (["train.optimizer=cg", "train.learning_rate=1.5"], "needs learning rates in (0, 1]"),
-        (["train.optimizer=cg", "train.learning_rate=0.9", "train.cg_lambda=0"],
+        (["train.optimizer=cg", "train.learning_rate=1.5", "train.reduce_lr=false"],
+         "needs learning rates in (0, 1]"),
+        (["train.optimizer=cg", "train.learning_rate=0.9"], "cannot use train.reduce_lr=true"),
+        (["train.optimizer=cg", "train.learning_rate=0.9", "train.cg_lambda=0", "train.reduce_lr=false"],
          "train.cg_lambda must be > 0"),
     ],
 )
@@ -66,7 +68,8 @@ def test_validate_rejects_bad_combinations_in_one_line(overrides, fragment):
 
 def test_validate_accepts_every_optimizer_and_schedule():
     for name in optim.OPTIMIZERS:
-        extra = {"adamw": ["train.weight_decay=0.004"], "cg": ["train.learning_rate=0.99"]}.get(name, [])
+        extra = {"adamw": ["train.weight_decay=0.004"],
+                 "cg": ["train.learning_rate=0.99", "train.reduce_lr=false"]}.get(name, [])
         optim.validate_train_config(_train(f"train.optimizer={name}", *extra))
     for name in optim.SCHEDULES:
         extra = []
@@ -132,7 +135,7 @@ def test_cosine_warms_up_linearly_then_decays_to_zero_at_the_end_of_the_run():
         (["train.optimizer=rmsprop", "train.rmsprop_rho=0.8", "train.clipnorm=2.0"],
          "RMSprop", {"rho": 0.8, "clipnorm": 2.0}),
         (["train.optimizer=cg", "train.learning_rate=0.9", "train.cg_lambda=3.0",
-          "train.global_clipnorm=1.0"],
+          "train.global_clipnorm=1.0", "train.reduce_lr=false"],
          "ConditionalGradient", {"lambda_": 3.0, "global_clipnorm": 1.0}),
     ],
 )
