@@ -6,10 +6,14 @@ print(vertex.describe(vertex.build_custom_job(load_config('full', overrides=[ \
 'runtime.image=us-central1-docker.pkg.dev/my-project/higgs/higgs:1', 'runtime.worker_count=4']), \
 'gs://my-bucket/data/full', 'gs://my-bucket/runs/r1')))"
 
-The job runs the project's own image (``infra/Dockerfile``) with the command
-``higgs train --data gs://… --out gs://… --preset P --set …``: the same CLI a user runs locally,
+The job runs the project's own image (``infra/Dockerfile``) with the arguments
+``train --data gs://… --out gs://… --preset P --set …`` of the ``higgs`` CLI a user runs locally,
 with every config value that differs from the preset passed as ``--set`` so the replicas train
-exactly the resolved config. Three shapes, chosen from ``cfg.runtime``:
+exactly the resolved config. The command is ``python -m pipeline.vertex`` (:func:`replica_main`):
+it runs those ``higgs`` arguments, training into a local directory when ``--out`` is ``gs://``
+(``pipeline.train`` writes local run directories), and the chief then uploads the run directory
+to ``gs://``; a restarted job first downloads ``checkpoints/`` to resume. Three shapes, chosen
+from ``cfg.runtime``:
 
 * ``tpu_type`` set (``v3-8``, ``v5e-4`` …): one TPU VM replica, ``train.strategy=tpu`` with
   ``train.tpu=local`` (a Vertex TPU VM has its TPU attached to the VM itself).
@@ -57,6 +61,8 @@ POOL_TASK_TYPES = ("chief", "worker", "ps", "evaluator")
 # Port Vertex AI gives every replica in CLUSTER_SPEC / TF_CONFIG addresses ("workerpool0-0:2222").
 VERTEX_PORT = 2222
 DEFAULT_TIMEOUT = datetime.timedelta(hours=24)
+# Every replica runs `python -m pipeline.vertex <higgs args>` (see replica_main).
+REPLICA_COMMAND = ("python", "-m", "pipeline.vertex")
 TERMINAL_OK = "JOB_STATE_SUCCEEDED"
 TERMINAL_FAILED = ("JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED")
 
@@ -258,7 +264,7 @@ def build_custom_job(
     kind = job_kind(cfg)
     container = aiplatform_v1.ContainerSpec(
         image_uri=rt.image,
-        command=["higgs"],
+        command=list(REPLICA_COMMAND),
         args=training_args(cfg, data, run_dir),
         env=[aiplatform_v1.EnvVar(name=k, value=v) for k, v in _job_env(cfg).items()],
     )
@@ -587,6 +593,8 @@ def run_job_locally(
 
 
 def _resolve(exe: str) -> str:
+    if exe == "python":  # the image's interpreter is the project's; here it is this one
+        return sys.executable
     found = shutil.which(exe)
     if found:
         return found
@@ -598,3 +606,72 @@ def _tempfile() -> Any:
     import tempfile
 
     return tempfile.TemporaryFile()
+
+
+# --- what each replica runs ----------------------------------------------------------------
+
+
+def _is_chief() -> bool:
+    """True without ``TF_CONFIG`` (one replica) or when this replica's task is the chief."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return True
+    task = json.loads(raw).get("task", {})
+    return task.get("type") in ("chief", "master") or (
+        task.get("type") == "worker" and task.get("index") == 0
+        and "chief" not in json.loads(raw).get("cluster", {}))
+
+
+def _copy_tree(src: str, dst: str) -> int:
+    """Copy every file under ``src`` to ``dst`` (local ↔ gs://); return the file count."""
+    files = storage.list_files(src)
+    for rel in files:
+        source, target = storage.join(src, rel), storage.join(dst, rel)
+        if storage.is_gcs(target):
+            storage.upload_file(source, target)
+        else:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            Path(target).write_bytes(storage.read_bytes(source))
+    return len(files)
+
+
+def replica_main(argv: Sequence[str]) -> int:
+    """Run one replica of a Vertex AI job: ``higgs`` with a gs:// ``--out`` made local.
+
+    ``pipeline.train`` writes a local run directory, so with ``--out gs://…`` the replica
+    trains into ``$HIGGS_LOCAL_RUN`` (default ``/tmp/higgs-run``) — after downloading an
+    earlier attempt's ``checkpoints/`` so a restarted job resumes — and the chief uploads the
+    finished run directory to the ``gs://`` location. Other ``--out`` values run unchanged.
+
+    Args:
+        argv: ``higgs`` arguments, e.g. ``train --data gs://… --out gs://… --set …``.
+
+    Returns:
+        The exit code of the ``higgs`` command (2 when the upload fails).
+    """
+    from pipeline import cli
+
+    args = list(argv)
+    remote = args[args.index("--out") + 1] if "--out" in args[:-1] else ""
+    if not storage.is_gcs(remote):
+        return cli.main(args)
+    local = Path(os.environ.get("HIGGS_LOCAL_RUN", "/tmp/higgs-run"))
+    checkpoints = storage.join(remote, "checkpoints")
+    if storage.list_files(checkpoints):
+        n = _copy_tree(checkpoints, str(local / "checkpoints"))
+        log.info("resuming: downloaded %d checkpoint files from %s", n, checkpoints)
+    args[args.index("--out") + 1] = str(local)
+    code = cli.main(args)
+    if code == 0 and _is_chief():
+        try:
+            n = _copy_tree(str(local), remote)
+        except PipelineError as exc:
+            print(f"higgs: error: uploading {local} to {remote} failed: {exc}", file=sys.stderr)
+            return 2
+        print(f"uploaded {n} files of the run directory to {remote}")
+    return code
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(replica_main(sys.argv[1:]))

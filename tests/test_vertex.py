@@ -12,6 +12,7 @@ way Vertex AI builds it (:func:`pipeline.vertex.run_job_locally`).
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 from concurrent import futures
@@ -24,8 +25,8 @@ from google.cloud import aiplatform_v1
 from google.cloud.aiplatform_v1.services.job_service.transports import JobServiceGrpcTransport
 from google.rpc import status_pb2
 
-from pipeline import vertex
-from pipeline.config import load_config
+from pipeline import storage, vertex
+from pipeline.config import load_config, read_config
 
 CLOUD = ["runtime.gcp_project=test-project", "runtime.gcp_region=us-central1",
          "runtime.image=us-central1-docker.pkg.dev/test-project/higgs/higgs:1",
@@ -54,7 +55,7 @@ def test_multi_worker_job_has_chief_and_worker_pools():
         assert pool.machine_spec.accelerator_type == aiplatform_v1.AcceleratorType.NVIDIA_TESLA_T4
         assert pool.machine_spec.accelerator_count == 2
         assert pool.container_spec.image_uri == cfg.runtime.image
-        assert list(pool.container_spec.command) == ["higgs"]
+        assert list(pool.container_spec.command) == ["python", "-m", "pipeline.vertex"]
     args = list(pools[0].container_spec.args)
     assert args[:7] == ["train", "--data", DATA, "--out", RUN, "--preset", "full"]
     assert "train.strategy=multi_worker" in args
@@ -192,7 +193,7 @@ class LocalJobService:
         with self.lock:
             for r in replicas:
                 self.logs.setdefault(name, []).extend(
-                    f"[{r.task}] {line}" for line in r.output.splitlines()[-5:])
+                    f"[{r.task}] {line}" for line in r.output.splitlines())
             failed = [r for r in replicas if r.returncode != 0]
             if failed:
                 # Vertex AI reports the first failing replica like this (code 3 = INVALID_ARGUMENT).
@@ -263,6 +264,51 @@ def test_refused_job_is_one_line():
         vertex.submit_and_follow(_python_job("pass"), project="p", region="r", client=bad,
                                  read_logs=lambda _n: [], poll_seconds=0.1,
                                  echo=lambda _line: None)
+
+
+TINY = ["model.blocks=1", "model.units=16", "train.epochs=1", "train.steps_per_epoch=4",
+        "train.validation_steps=2", "train.batch_size_per_replica=64", "train.steps_per_execution=2",
+        "train.shuffle_buffer=1000", "train.cache=false", "evaluate.baseline=false"]
+
+
+@pytest.mark.slow
+@pytest.mark.gcs
+def test_multi_worker_job_trains_in_the_local_standin(small_dataset, gcs_emulator, gcs_bucket,
+                                                      job_service, tmp_path):
+    """The generated 2-replica job, run as chief + worker on 127.0.0.1, trains and uploads."""
+    cfg = _cfg("runtime.worker_count=2", *TINY, preset="sample")
+    run = f"gs://{gcs_bucket}/runs/standin"
+    job = vertex.build_custom_job(cfg, DATA, run)
+    # Same args except --data: TensorFlow's own gs:// filesystem cannot reach the emulator,
+    # so the replicas read this machine's converted dataset; --out stays gs:// (emulator).
+    for pool in job.job_spec.worker_pool_specs:
+        args = list(pool.container_spec.args)
+        args[args.index("--data") + 1] = small_dataset
+        pool.container_spec.args = args
+    job_service.env = {"STORAGE_EMULATOR_HOST": gcs_emulator, "GOOGLE_CLOUD_PROJECT": "test-project",
+                       "HIGGS_LOCAL_RUN": str(tmp_path / "replica-run")}
+    lines: list[str] = []
+    done = vertex.submit_and_follow(job, project="test-project", region="us-central1",
+                                    client=job_service.client(), read_logs=job_service.read_logs,
+                                    poll_seconds=1.0, echo=lines.append)
+
+    assert done.state == aiplatform_v1.JobState.JOB_STATE_SUCCEEDED, "\n".join(lines)
+    text = "\n".join(lines)
+    assert "[chief-0]" in text and "[worker-0]" in text
+    # Both processes ran one synchronous MultiWorkerMirroredStrategy: the same final weights.
+    digests = {task: re.search(r"weights_sha256=([0-9a-f]{64})", "\n".join(
+        line for line in lines if line.startswith(f"[{task}]"))) for task in ("chief-0", "worker-0")}
+    assert all(digests.values()), text[-3000:]
+    assert digests["chief-0"].group(1) == digests["worker-0"].group(1)
+    files = storage.list_files(run)
+    assert {"config.yaml", "history.json", "model/model.keras"} <= set(files)
+    history = json.loads(storage.read_text(storage.join(run, "history.json")))
+    assert len(history["epoch"]) == 1 and history["val_auc"][0] > 0
+    written = tmp_path / "config.yaml"
+    written.write_text(storage.read_text(storage.join(run, "config.yaml")))
+    trained = read_config(written)
+    assert trained.train.strategy == "multi_worker" and trained.model.units == 16
+    assert trained.runtime.backend == "local"
 
 
 def test_job_json_examples_are_current():
