@@ -31,6 +31,7 @@ class Served:
 
     body: bytes = PAYLOAD
     drop_after: int | None = None  # close the connection after this many body bytes, once
+    ignore_range: bool = False  # answer 200 with the whole body even to a Range request
     ranges: list[str | None] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -49,7 +50,7 @@ class RangeHandler(BaseHTTPRequestHandler):
             self.served.ranges.append(rng)
             drop, self.served.drop_after = self.served.drop_after, None
         start = 0
-        if rng:
+        if rng and not self.served.ignore_range:
             start = int(rng.removeprefix("bytes=").split("-")[0])
             if start >= len(body):
                 self.send_response(416)
@@ -205,6 +206,16 @@ def test_interrupted_partial_file_is_resumed(tmp_path: Path, http_server) -> Non
     source.download(f"{base}/HIGGS.csv.gz", dest, expected_bytes=len(PAYLOAD))
     assert dest.read_bytes() == PAYLOAD
     assert served.ranges == ["bytes=777777-"]
+
+
+def test_server_without_range_support_restarts_cleanly(tmp_path: Path, http_server) -> None:
+    base, served = http_server
+    served.ignore_range = True
+    dest = tmp_path / "HIGGS.csv.gz"
+    dest.with_name("HIGGS.csv.gz.part").write_bytes(b"stale partial bytes")
+    source.download(f"{base}/HIGGS.csv.gz", dest, sha256=hashlib.sha256(PAYLOAD).hexdigest())
+    assert dest.read_bytes() == PAYLOAD  # the 200 answer replaced the partial, not appended
+    assert served.ranges == ["bytes=19-"]
 
 
 def test_corrupted_download_is_rejected_and_removed(tmp_path: Path, http_server) -> None:

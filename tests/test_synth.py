@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +89,23 @@ def test_file_has_29_columns_and_round_trips_float32(tmp_path: Path) -> None:
     assert result.rows == 3000
     assert result.signal_fraction == pytest.approx(float(labels.mean()))
     assert result.events_per_s > 0 and result.write_rows_per_s > 0
+
+
+def test_killed_writer_leaves_no_file_under_the_final_name(tmp_path: Path) -> None:
+    """Existence means complete: a writer killed mid-file never produces the final name."""
+    out = tmp_path / "big.csv.gz"
+    higgs = Path(sys.executable).with_name("higgs")
+    proc = subprocess.Popen([str(higgs), "synth", "--rows", "5000000", "--seed", "1", "--out", str(out)])
+    try:
+        deadline = time.monotonic() + 60
+        while not any(p.stat().st_size > 0 for p in tmp_path.glob(".big.csv.gz.tmp-*")):
+            assert proc.poll() is None and time.monotonic() < deadline, "writer never started"
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == [f".big.csv.gz.tmp-{proc.pid}"]
 
 
 def test_zero_rows_writes_a_valid_empty_file(tmp_path: Path) -> None:
