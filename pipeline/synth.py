@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -555,7 +556,8 @@ def write_csv(out: str | Path, rows: int, seed: int, chunk_rows: int = 131_072) 
         raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # Unique per process and call, so concurrent writers of the same file never share a temp.
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     stream = _EventStream(int(seed))
     gen_seconds = gen_cpu = 0.0
     write_seconds = [0.0, 0.0]  # wall, CPU of the writer thread
