@@ -217,7 +217,8 @@ def wait_for_deployments(api_url: str, names: Sequence[str], proc: subprocess.Po
 
 def run_deployment(env: dict[str, str], name: str, parameters: dict[str, Any] | None = None,
                    flow_run_name: str | None = None, timeout: float = 3600.0,
-                   output: IO[bytes] | int | None = None) -> tuple[int, str]:
+                   output: IO[bytes] | int | None = None, serving: subprocess.Popen | None = None
+                   ) -> tuple[int, str]:
     """``prefect deployment run NAME --watch`` through the CLI; waits for the run to finish.
 
     Args:
@@ -227,18 +228,33 @@ def run_deployment(env: dict[str, str], name: str, parameters: dict[str, Any] | 
         flow_run_name: a unique name to find the run by afterwards (default generated).
         timeout: seconds to wait (``--watch-timeout``).
         output: where the CLI output goes (None = this terminal).
+        serving: the process serving the deployment; if it dies, stop waiting at once
+            (otherwise the run would sit in ``Scheduled`` until the timeout).
 
     Returns:
         The CLI's exit code (0 only when the run is ``Completed``) and the flow run name.
+
+    Raises:
+        RuntimeError: the serving process exited while the run was pending or running.
     """
     flow_run_name = flow_run_name or f"local-{uuid.uuid4().hex[:8]}"
     args = [sys.executable, "-m", "prefect", "deployment", "run", name, "--watch",
             "--watch-timeout", str(int(timeout)), "--flow-run-name", flow_run_name]
     if parameters:
         args += ["--params", json.dumps(parameters)]
-    proc = subprocess.run(args, env=env, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT if output
-                          else None, stdin=subprocess.DEVNULL, check=False)
-    return proc.returncode, flow_run_name
+    cli = subprocess.Popen(args, env=env, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT if output
+                           else None, stdin=subprocess.DEVNULL)
+    try:
+        while cli.poll() is None:
+            if serving is not None and serving.poll() is not None:
+                raise RuntimeError(f"the process serving {name} exited (code {serving.returncode}) "
+                                   f"before flow run {flow_run_name} finished")
+            time.sleep(0.5)
+    finally:
+        if cli.poll() is None:
+            cli.terminate()
+            cli.wait(timeout=10)
+    return cli.returncode, flow_run_name
 
 
 @dataclass
@@ -351,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         wait_for_deployments(server.api_url, [f"higgs/{n}" for n in ("full", "sample", "retrain")], serving)
         print(f"running: prefect deployment run higgs/{args.deployment} --watch", flush=True)
         code, run_name = run_deployment(server.env(), f"higgs/{args.deployment}", parameters,
-                                        timeout=args.timeout)
+                                        timeout=args.timeout, serving=serving)
         outcome = inspect_flow_run(server.api_url, run_name)
         print(_describe(outcome, server.ui_url, time.monotonic() - started), flush=True)
         ok = outcome.state == "Completed" and code == 0

@@ -73,7 +73,7 @@ def served(server, deployed, tmp_path_factory):
         proc = start_serving(server.env(), output=log)
         try:
             wait_for_deployments(server.api_url, NAMES, proc)
-            yield log_path
+            yield proc, log_path
         finally:
             stop_process(proc, sig=signal.SIGINT)
 
@@ -102,9 +102,10 @@ def test_served_sample_deployment_runs_to_completion_and_publishes(server, serve
     params = {"data_dir": str(tmp_path / "data"), "runs_root": str(tmp_path / "runs"),
               "publish_to": str(tmp_path / "runs"), "overrides": SMALL}
     with open(tmp_path / "cli.log", "wb") as out:
-        code, name = run_deployment(server.env(), "higgs/sample", params, timeout=600, output=out)
+        code, name = run_deployment(server.env(), "higgs/sample", params, timeout=600, output=out,
+                                    serving=served[0])
     outcome = inspect_flow_run(server.api_url, name)
-    assert outcome.state == "Completed", (outcome.message, _tail(tmp_path / "cli.log"), _tail(served))
+    assert outcome.state == "Completed", (outcome.message, _tail(tmp_path / "cli.log"), _tail(served[1]))
     assert code == 0
 
     assert set(outcome.artifacts) == {"higgs-report", "higgs-metrics", "higgs-model"}
@@ -130,7 +131,8 @@ def test_missing_source_run_fails_with_one_line_and_publishes_nothing(server, se
     params = {"source": str(missing), "data_dir": str(tmp_path / "data"),
               "runs_root": str(tmp_path / "runs"), "publish_to": str(tmp_path / "published")}
     with open(tmp_path / "cli.log", "wb") as out:
-        code, name = run_deployment(server.env(), "higgs/sample", params, timeout=300, output=out)
+        code, name = run_deployment(server.env(), "higgs/sample", params, timeout=300, output=out,
+                                    serving=served[0])
     outcome = inspect_flow_run(server.api_url, name)
     assert code != 0
     assert outcome.state == "Failed"
