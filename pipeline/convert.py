@@ -75,6 +75,7 @@ _MARK = "[higgs-convert] "  # tags our one-line errors inside Beam's wrapped wor
 _GZIP_MAGIC = b"\x1f\x8b"
 _SAMPLE_BYTES = 1 << 16
 _BAD_TEXT_CHARS = 200
+_MAX_LINE_BYTES = 64 << 20
 _SECRET_WORDS = ("key", "token", "secret", "password", "credential")
 
 
@@ -289,7 +290,8 @@ def _value_checks(values: np.ndarray) -> np.ndarray:
     return kinds
 
 
-def parse_block(text: bytes) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+def parse_block(text: bytes, lines: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
     """Parse newline-terminated HIGGS lines, separating bad rows.
 
     Fast path: one multi-threaded pyarrow parse of the whole block and numpy checks. Only if
@@ -299,6 +301,7 @@ def parse_block(text: bytes) -> tuple[np.ndarray, np.ndarray, list[tuple[int, st
 
     Args:
         text: complete lines, each ending in ``\\n``.
+        lines: the number of lines in ``text`` if already known.
 
     Returns:
         ``(labels float32 [k], features float32 [k, 28], bad)`` where ``bad`` lists
@@ -306,7 +309,8 @@ def parse_block(text: bytes) -> tuple[np.ndarray, np.ndarray, list[tuple[int, st
     """
     import pyarrow as pa
 
-    lines = text.count(b"\n")
+    if lines is None:
+        lines = text.count(b"\n")
     good_index: np.ndarray | None = None
     bad: list[tuple[int, str]] = []
     try:
@@ -363,7 +367,7 @@ def _parse_slow(text: bytes) -> tuple[np.ndarray, np.ndarray, list[tuple[int, st
     return values, np.asarray(good, dtype=np.int64), bad
 
 
-def iter_text_blocks(stream: BinaryIO, block_bytes: int) -> Iterator[tuple[int, bytes]]:
+def iter_text_blocks(stream: BinaryIO, block_bytes: int) -> Iterator[tuple[int, int, bytes]]:
     """Cut a text stream into blocks of whole lines.
 
     Args:
@@ -371,8 +375,8 @@ def iter_text_blocks(stream: BinaryIO, block_bytes: int) -> Iterator[tuple[int, 
         block_bytes: approximate block size in bytes.
 
     Yields:
-        ``(index of the block's first line, text)``, text ending in ``\\n`` (one is added to
-        a last line without it).
+        ``(index of the block's first line, number of lines, text)``, text ending in ``\\n``
+        (one is added to a last line without it).
     """
     line0 = 0
     rest = b""
@@ -380,16 +384,21 @@ def iter_text_blocks(stream: BinaryIO, block_bytes: int) -> Iterator[tuple[int, 
         data = stream.read(block_bytes)
         if not data:
             break
-        buf = rest + data if rest else data
-        cut = buf.rfind(b"\n") + 1
+        cut = data.rfind(b"\n") + 1
         if cut == 0:
-            rest = buf
+            rest += data
+            if len(rest) > _MAX_LINE_BYTES:
+                raise ConvertError(f"{_MARK}a line of the source is longer than "
+                                   f"{_MAX_LINE_BYTES >> 20} MB: not a HIGGS CSV file")
             continue
-        block, rest = buf[:cut], buf[cut:]
-        yield line0, block
-        line0 += block.count(b"\n")
+        # One copy per block: the carried-over partial line plus this read up to its last newline.
+        block = rest + memoryview(data)[:cut] if rest else data[:cut]
+        rest = data[cut:]
+        lines = block.count(b"\n")
+        yield line0, lines, block
+        line0 += lines
     if rest:
-        yield line0, rest + b"\n"
+        yield line0, rest.count(b"\n") + 1, rest + b"\n"
 
 
 # --- Beam DoFns ----------------------------------------------------------------------------
@@ -398,51 +407,65 @@ PARTS_TAG = "parts"
 BAD_TAG = "bad_rows"
 
 
+def _parse_with_snippets(text: bytes, lines: int) -> tuple[np.ndarray, np.ndarray,
+                                                            list[tuple[int, str, str]]]:
+    """:func:`parse_block` plus the (truncated) text of each bad line."""
+    labels, features, bad = parse_block(text, lines)
+    if not bad:
+        return labels, features, []
+    split_lines = text.split(b"\n")
+    return labels, features, [
+        (i, kind, split_lines[i][:_BAD_TEXT_CHARS].decode("utf-8", "replace")) for i, kind in bad]
+
+
 class _ReadBlocks(beam.DoFn):
-    """(part index, path) → raw text blocks; side output ``parts``: (part, total lines)."""
+    """(part index, path) → :class:`ParsedBlock` elements.
+
+    Dead-letter output ``bad_rows``: (part, line within part, kind, text); side output
+    ``parts``: (part, total lines). The pyarrow parse of block k+1 runs in a helper thread
+    (it releases the GIL) while block k is encoded and written downstream in this thread, and
+    ISA-L decompresses ahead in a third: the three overlap on a multi-core worker.
+    """
 
     def __init__(self, block_bytes: int, files: _Files):
         self.block_bytes = block_bytes
         self.files = files
-        self.bytes_read = Metrics.counter(METRICS_NAMESPACE, "text_bytes")
-
-    def process(self, element: tuple[int, str]) -> Iterator[Any]:
-        part, path = element
-        lines = 0
-        try:
-            with _open_text(self.files, path) as stream:
-                for line0, text in iter_text_blocks(stream, self.block_bytes):
-                    self.bytes_read.inc(len(text))
-                    lines = line0 + text.count(b"\n")
-                    yield (part, line0, text)
-        except _isal_errors() as exc:
-            raise ConvertError(f"{_MARK}{path} is a corrupt or truncated gzip file "
-                               f"({type(exc).__name__}: {exc}); download it again") from None
-        yield beam.pvalue.TaggedOutput(PARTS_TAG, (part, lines))
-
-
-class _ParseBlocks(beam.DoFn):
-    """Raw text block → :class:`ParsedBlock`; side output ``bad_rows``: (part, line, kind, text)."""
-
-    def __init__(self) -> None:
+        self.text_bytes = Metrics.counter(METRICS_NAMESPACE, "text_bytes")
         self.rows = Metrics.counter(METRICS_NAMESPACE, "rows_read")
         self.bad = {kind: Metrics.counter(METRICS_NAMESPACE, f"bad_rows_{kind}")
                     for kind in BAD_KINDS}
 
-    def process(self, element: tuple[int, int, bytes]) -> Iterator[Any]:
-        part, line0, text = element
-        labels, features, bad = parse_block(text)
-        lines = text.count(b"\n")
+    def process(self, element: tuple[int, str]) -> Iterator[Any]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        part, path = element
+        total = 0
+        pending: tuple[int, int, Any] | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="parse") as pool:
+            try:
+                with _open_text(self.files, path) as stream:
+                    for line0, lines, text in iter_text_blocks(stream, self.block_bytes):
+                        self.text_bytes.inc(len(text))
+                        parsing = (line0, lines, pool.submit(_parse_with_snippets, text, lines))
+                        if pending is not None:
+                            yield from self._emit(part, pending)
+                        pending = parsing
+                        total = line0 + lines
+            except _isal_errors() as exc:
+                raise ConvertError(f"{_MARK}{path} is a corrupt or truncated gzip file "
+                                   f"({type(exc).__name__}: {exc}); download it again") from None
+            if pending is not None:
+                yield from self._emit(part, pending)
+        yield beam.pvalue.TaggedOutput(PARTS_TAG, (part, total))
+
+    def _emit(self, part: int, pending: tuple[int, int, Any]) -> Iterator[Any]:
+        line0, lines, future = pending
+        labels, features, bad = future.result()
         self.rows.inc(lines)
-        bad_rows = []
-        if bad:
-            split_lines = text.split(b"\n")
-            for i, kind in bad:
-                self.bad[kind].inc()
-                snippet = split_lines[i][:_BAD_TEXT_CHARS].decode("utf-8", "replace")
-                bad_rows.append((i, kind, snippet))
-                yield beam.pvalue.TaggedOutput(BAD_TAG, (part, line0 + i, kind, snippet))
-        yield ParsedBlock(part, line0, lines, labels, features, bad_rows)
+        for i, kind, text in bad:
+            self.bad[kind].inc()
+            yield beam.pvalue.TaggedOutput(BAD_TAG, (part, line0 + i, kind, text))
+        yield ParsedBlock(part, line0, lines, labels, features, bad)
 
 
 class _WritePieces(beam.DoFn):
@@ -662,7 +685,7 @@ def _write_result(_: Any, shards: list, pieces: list, parts: list, bad: list, cf
 class CsvToTFRecords(beam.PTransform):
     """The composite transform: (part index, path) elements → shard files + a result file.
 
-    Steps: ReadBlocks → ParseBlocks (dead letter: bad rows) → EncodeAndWritePieces, then
+    Steps: ReadBlocks (read + parse; dead letter: bad rows) → EncodeAndWritePieces, then
     PlanShards (needs all pieces: the split depends on the total row count) → WriteShards
     (parallel per shard) → WriteResult.
     """
@@ -677,14 +700,13 @@ class CsvToTFRecords(beam.PTransform):
         if self.spread_parts:  # several parts: let workers read them in parallel
             parts = parts | "SpreadParts" >> beam.Reshuffle()
         read = parts | "ReadBlocks" >> beam.ParDo(
-            _ReadBlocks(self.block_bytes, self.files)).with_outputs(PARTS_TAG, main="blocks")
-        parsed = read.blocks | "ParseBlocks" >> beam.ParDo(_ParseBlocks()).with_outputs(
-            BAD_TAG, main="rows")
-        pieces = parsed.rows | "EncodeAndWritePieces" >> beam.ParDo(
+            _ReadBlocks(self.block_bytes, self.files)).with_outputs(PARTS_TAG, BAD_TAG,
+                                                                    main="blocks")
+        pieces = read.blocks | "EncodeAndWritePieces" >> beam.ParDo(
             _WritePieces(self.staging, self.files))
         side = {"pieces": beam.pvalue.AsList(pieces),
                 "parts": beam.pvalue.AsList(read[PARTS_TAG]),
-                "bad": beam.pvalue.AsList(parsed[BAD_TAG])}
+                "bad": beam.pvalue.AsList(read[BAD_TAG])}
         root = parts.pipeline
         shards = (root
                   | "PlanSeed" >> beam.Create([None])

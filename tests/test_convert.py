@@ -213,25 +213,34 @@ def test_text_blocks_cover_every_line_once() -> None:
 
     text = b"".join(b"%d,x\n" % i for i in range(1000)) + b"1000,last-without-newline"
     blocks = list(convert.iter_text_blocks(io.BytesIO(text), 97))
-    assert all(b.endswith(b"\n") for _, b in blocks)
-    joined = b"".join(b for _, b in blocks)
-    assert joined == text + b"\n"
-    starts = [line0 for line0, _ in blocks]
-    counts = [b.count(b"\n") for _, b in blocks]
-    assert starts == list(np.cumsum([0, *counts[:-1]]))
+    assert all(b.endswith(b"\n") and b.count(b"\n") == n for _, n, b in blocks)
+    assert b"".join(b for _, _, b in blocks) == text + b"\n"
+    starts = [line0 for line0, _, _ in blocks]
+    counts = [n for _, n, _ in blocks]
+    assert starts == list(np.cumsum([0, *counts[:-1]])) and sum(counts) == 1001
 
 
-def test_parse_transform_with_test_pipeline() -> None:
-    """The parse DoFn's dead-letter output, on Beam's TestPipeline."""
-    lines = [*_good_lines(4), "0.5," + ",".join(["1"] * 28)]
-    text = "".join(x + "\n" for x in lines).encode()
+def test_read_transform_with_test_pipeline(tmp_path: Path) -> None:
+    """The read step's main, dead-letter and part outputs, on Beam's TestPipeline."""
+    import io
+
+    lines = [*_good_lines(400), "0.5," + ",".join(["1"] * 28), *_good_lines(100, seed=4)]
+    src = _write_lines(tmp_path / "x.csv.gz", lines)
+    block_bytes = 20_000  # several blocks, so the prefetching parse thread is exercised
+    text = gzip.decompress(src.read_bytes())
+    starts = [line0 for line0, _, _ in convert.iter_text_blocks(io.BytesIO(text), block_bytes)]
+    assert len(starts) > 3
     with test_pipeline.TestPipeline() as p:
-        out = (p | beam.Create([(0, 100, text)])
-               | beam.ParDo(convert._ParseBlocks()).with_outputs(convert.BAD_TAG, main="rows"))
-        assert_that(out.rows | beam.Map(lambda b: (b.line0, b.lines, b.labels.shape[0])),
-                    equal_to([(100, 5, 4)]), label="rows")
+        out = (p | beam.Create([(3, str(src))])
+               | beam.ParDo(convert._ReadBlocks(block_bytes, convert._Files())).with_outputs(
+                   convert.BAD_TAG, convert.PARTS_TAG, main="rows"))
+        assert_that(out.rows | beam.Map(lambda b: (b.part, b.line0)),
+                    equal_to([(3, s) for s in starts]), label="blocks")
+        assert_that(out.rows | beam.Map(lambda b: b.labels.shape[0])
+                    | beam.CombineGlobally(sum), equal_to([500]), label="good")
         assert_that(out[convert.BAD_TAG] | beam.Map(lambda r: r[:3]),
-                    equal_to([(0, 104, "label")]), label="bad")
+                    equal_to([(3, 400, "label")]), label="bad")
+        assert_that(out[convert.PARTS_TAG], equal_to([(3, 501)]), label="parts")
 
 
 # --- bad rows -------------------------------------------------------------------------------
