@@ -161,6 +161,31 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class TuneConfig:
+    """Hyperparameter search (``higgs tune``, pipeline/tune.py): search space and budget.
+
+    Each trial trains ``epochs`` epochs of the base config with one point of the space:
+    ``blocks``/``units``/``optimizers``/``batch_sizes`` are choices, dropout and the learning
+    rate are ranges (the rate log-uniform).
+    """
+
+    trials: int = 30
+    parallel: int = 1  # trials at once, each its own training process
+    epochs: int = 4  # per trial
+    sampler: str = "tpe"  # tpe | random
+    seed: int = 0
+    blocks: tuple[int, ...] = (2, 3, 4, 5)
+    units: tuple[int, ...] = (256, 512, 1024, 2048)
+    dropout_min: float = 0.0
+    dropout_max: float = 0.3
+    learning_rate_min: float = 1e-4
+    learning_rate_max: float = 1e-2
+    optimizers: tuple[str, ...] = ("adam", "adamw", "sgd", "rmsprop")
+    batch_sizes: tuple[int, ...] = (512, 1024, 2048, 4096)  # per replica
+    trial_timeout_s: int = 0  # 0 = no limit
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole resolved configuration of one pipeline run."""
 
@@ -170,6 +195,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 SECTIONS: dict[str, type] = {
@@ -178,6 +204,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "evaluate": EvaluateConfig,
     "runtime": RuntimeConfig,
+    "tune": TuneConfig,
 }
 
 # Presets are overrides on the dataclass defaults (which are the reference `full` run).
@@ -196,6 +223,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"epochs": 8, "batch_size_per_replica": 512, "steps_per_execution": 16,
                   "shuffle_buffer": 50_000, "cache": True, "early_stopping_patience": 3},
         "evaluate": {"baseline_rows": 100_000, "baseline_trees": 100, "auc_floor": 0.65},
+        "tune": {"trials": 8, "epochs": 2, "blocks": (1, 2, 3), "units": (32, 64, 128),
+                 "batch_sizes": (256, 512, 1024)},
     },
 }
 
