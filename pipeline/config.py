@@ -130,6 +130,9 @@ class EvaluateConfig:
     baseline_rows: int = 1_000_000
     baseline_trees: int = 200
     bootstrap: int = 0  # 0 = DeLong interval; N > 0 adds an N-resample bootstrap
+    # LightGBM threads; 0 = one per core minus one (OpenMP barriers slow down ~16x when
+    # the cores are shared with other busy processes).
+    baseline_threads: int = 0
 
 
 @dataclass(frozen=True)
