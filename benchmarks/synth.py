@@ -7,9 +7,10 @@ Measures, in one run on this machine:
 
 - ``gen_events_s``: events generated per second (physics, detector, reconstruction, scaling),
 - ``write_rows_s``: rows formatted (Arrow, shortest float32 text), gzip-compressed (ISA-L
-  level 1) and written per second, timed inside the writer thread,
-- ``wall_rows_s``: rows per second of the whole ``write_csv`` call (generation and writing
-  overlap),
+  level 1) and written per second, counting the time of the format and compress stages as
+  if one thread did both (comparable with the single-threaded reference),
+- ``wall_rows_s``: rows per second of the whole ``write_csv`` call (generation, formatting
+  and compression overlap in threads),
 - ``ref_write_rows_s``: the same rows written the obvious way, ``np.savetxt(fmt="%.9g")``
   into ``gzip.open`` (zlib level 6), on the first ``--ref-rows`` rows,
 
