@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import http.client
 import json
+import logging
 import os
 import time
 import urllib.error
@@ -43,6 +44,7 @@ _HASH_BLOCK = 8 << 20
 _DOWNLOAD_BLOCK = 1 << 20
 _SIDECAR_SUFFIX = ".sha256"
 _PART_SUFFIX = ".part"
+log = logging.getLogger(__name__)
 _USER_AGENT = "higgs-pipeline/1 (+https://archive.ics.uci.edu/dataset/280/higgs)"
 
 
@@ -207,6 +209,7 @@ def download(
     reached = False  # did the server answer at all during this call?
     while True:
         have = part.stat().st_size if part.is_file() else 0
+        log.info("downloading %s → %s%s", url, dest, f" (resuming at byte {have:,})" if have else "")
         try:
             total, written = _fetch(url, part, have, timeout)
         except _TransientError as exc:
@@ -237,6 +240,7 @@ def download(
         )
     os.replace(part, dest)
     _write_sidecar(dest, digest)
+    log.info("downloaded %s (%s bytes, sha256 %s)", dest, f"{dest.stat().st_size:,}", digest)
     return dest
 
 
