@@ -320,6 +320,14 @@ def write_markdown(
         "## Metrics: deep model vs BDT baseline", "",
         *_metrics_table(m), "",
     ]
+    background = m["test_rows"] - m.get("signal_rows", 0)
+    tightest = max((float(k) for k in m["working_points"]["signal_efficiency_at_background_rejection"]),
+                   default=0.0)
+    passing = background * (1.0 - tightest)
+    if m.get("signal_rows") is not None and passing < 100:
+        lines += [f"Note: at {_level(str(tightest))} background rejection only ~{passing:.0f} of the "
+                  f"{background:,} background test events pass, so that working point is "
+                  f"statistically loose (relative error ~{1 / max(passing, 1) ** 0.5:.0%}).", ""]
     if base:
         lines += [f"Baseline: {base['description']['model']}, {base['description']['trees']} trees "
                   f"trained on {base['description']['train_rows']:,} training rows in "

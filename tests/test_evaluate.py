@@ -138,6 +138,7 @@ def test_report_files_and_pngs(evaluated) -> None:
     assert "bad rows dropped by the converter: 3" in md
     assert f"**{result['auc']:.4f}**" in md and f"{result['baseline']['auc']:.4f}" in md
     assert md.count("\n| 3 |") == 1  # three epochs in the history table
+    assert "statistically loose" in md  # ~1.5 background events pass at 99.9% rejection
 
 
 def test_blessing_file_and_export(evaluated) -> None:
