@@ -21,6 +21,7 @@ and ``RUN/model/saved_model/`` is exported if missing, with a reload check on te
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -46,44 +47,43 @@ class EvaluateError(PipelineError):
 
 
 def read_batches(
-    data: str, split: str, batch_size: int, max_rows: int | None = None
+    data: str, split: str, cfg: Config, batch_size: int, max_rows: int | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(features float32 [B, 28], labels float32 [B])`` of one split, in file order.
+    """Yield ``(features float32 [B, 28], labels float32 [B])`` of one split, once, in order.
 
-    Reads the shards listed in the manifest with ``tf.data`` and decodes whole batches
-    (:func:`pipeline.records.decode_batch`); order is deterministic so the deep model and
-    the baseline see the same rows in the same order.
+    Uses the shared input pipeline (:func:`pipeline.inputs.make_dataset` with
+    ``training=False``: no shuffle, no repeat, deterministic order, last partial batch kept),
+    so evaluation reads records exactly as training does; the deep model and the baseline
+    are scored on the same batch at the same time.
 
     Args:
-        data: dataset directory (local or gs:// readable by TensorFlow).
+        data: dataset directory (local or gs://).
         split: ``training``, ``validation`` or ``test``.
+        cfg: the resolved config (input pipeline settings).
         batch_size: rows per batch.
         max_rows: stop after this many rows (the last batch is cut).
     """
-    import tensorflow as tf
+    from pipeline import inputs
 
-    from pipeline import records
-
-    paths = dataset.shard_paths(data, split)
-    ds = tf.data.TFRecordDataset(paths).batch(batch_size).map(records.decode_batch)
-    ds = ds.prefetch(2)
+    # One pass: a cache would only hold memory (and warn when the pass stops early).
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, cache=False))
+    ds = inputs.make_dataset(data, split, cfg, training=False, batch_size=batch_size)
     seen = 0
     for features, labels in ds:
-        x, y = features.numpy(), labels.numpy()
+        x, y = features.numpy(), labels.numpy().reshape(-1)
         if max_rows is not None and seen + len(y) >= max_rows:
-            take = max_rows - seen
-            yield x[:take], y[:take]
+            yield x[:max_rows - seen], y[:max_rows - seen]
             return
         seen += len(y)
         yield x, y
 
 
 def load_rows(
-    data: str, split: str, max_rows: int, batch_size: int = 65_536
+    data: str, split: str, cfg: Config, max_rows: int, batch_size: int = 65_536
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read the first ``max_rows`` rows of a split into arrays (for the baseline's fit)."""
     xs, ys = [], []
-    for x, y in read_batches(data, split, batch_size, max_rows=max_rows):
+    for x, y in read_batches(data, split, cfg, batch_size, max_rows=max_rows):
         xs.append(x)
         ys.append(y)
     if not ys:
@@ -197,7 +197,7 @@ def evaluate(cfg: Config, data: str, run_dir: str, published: str | None = None)
     bdt = None
     if ecfg.baseline:
         start = time.perf_counter()
-        x_train, y_train = load_rows(data, "training", ecfg.baseline_rows)
+        x_train, y_train = load_rows(data, "training", cfg, ecfg.baseline_rows)
         log.info("baseline: read %d training rows in %.1f s", len(y_train), time.perf_counter() - start)
         from pipeline import baseline
 
@@ -211,7 +211,7 @@ def evaluate(cfg: Config, data: str, run_dir: str, published: str | None = None)
     keras_auc = keras.metrics.AUC(num_thresholds=KERAS_AUC_THRESHOLDS)
     check_rows: np.ndarray | None = None
     start, n = time.perf_counter(), 0
-    for x, y in read_batches(data, "test", ecfg.batch_size):
+    for x, y in read_batches(data, "test", cfg, ecfg.batch_size):
         if n + len(y) > test_rows:
             raise EvaluateError(f"{data}: test shards hold more rows than the manifest's "
                                 f"{test_rows}; rebuild the dataset with 'higgs convert --overwrite'")
