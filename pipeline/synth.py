@@ -42,13 +42,19 @@ tagged (0, 1, 2) with probabilities (0.25, 0.15, 0.60), a light/gluon jet with
 jet 1: 0, 1.0865381, 2.1730762). Events are kept with exactly the one lepton in acceptance and
 ≥ 4 jets; the 4 leading jets by pT are written.
 
-*High-level features.* The neutrino's pz comes from the W-mass constraint ``m(ℓν) = 80.4``
-(the smaller-|pz| root; the real part when the roots are complex, which is why ``m_lv``
-has a spike at the W mass and a tail above it). Pairing rule: the two jets with the highest
-b-tag level (ties broken by pT) are the b jets, the other two are the hadronic W (``m_jj``);
-the b jet that goes with the hadronic W (``m_jjj``) and the one with ``ℓν`` (``m_jlv``) are
-the assignment minimizing ``(m_jjb − m_t)² + (m_ℓνb − m_t)²``. ``m_bb`` is the two b jets,
-``m_wbb`` = m(jj b b), ``m_wwbb`` = m(jj b b ℓ ν).
+*High-level features.* The neutrino's pz comes from the W-mass constraint on ``m(ℓν)``
+(the smaller-|pz| root; the real part when the roots are complex, which gives ``m_lv`` its
+tail above the W mass). The constraint uses the leptonic W's own generated Breit–Wigner mass
+rather than a fixed 80.4: the real file's ``m_lv`` is a narrow peak (values 0.96–1.00 in
+its first rows), not a single value, and a fixed constraint would make ~3/4 of the column
+one constant. This is the only place the reconstruction uses generator truth; the W line
+shape is the same in both classes, so it carries no label information.
+
+Pairing rule: the two jets with the highest b-tag level (ties broken by pT) are the b
+jets, the other two are the hadronic W (``m_jj``); the b jet that goes with the hadronic W
+(``m_jjj``) and the one with ``ℓν`` (``m_jlv``) are the assignment minimizing
+``(m_jjb − m_t)² + (m_ℓνb − m_t)²``. ``m_bb`` is the two b jets, ``m_wbb`` = m(jj b b),
+``m_wwbb`` = m(jj b b ℓ ν).
 
 *Scaling* (like the real file): momenta, MET and masses are divided by constants that make
 their mean ≈ 1 on a 53%-signal mixture; η columns are divided by constants that make their
@@ -121,12 +127,12 @@ COLUMN_DIVISORS = {
     "jet4_phi": 1.0000,
     "jet4_btag": 1.0000,
     "m_jj": 106.3868,
-    "m_jjj": 204.1343,
-    "m_lv": 83.5642,
-    "m_jlv": 187.5751,
+    "m_jjj": 204.1398,
+    "m_lv": 83.6474,
+    "m_jlv": 187.5445,
     "m_bb": 151.1677,
     "m_wbb": 338.3800,
-    "m_wwbb": 502.6028,
+    "m_wwbb": 502.5371,
 }
 _SCALE = np.array([COLUMN_DIVISORS[n] for n in schema.FEATURES])
 
@@ -274,14 +280,18 @@ def _decay_ws(rng, n, wa, wb, b1, b2, isr):
     zero = np.zeros(n, _F)
     lepton, nu = _two_body(rng, w_lep, m_lep, zero, zero)
     q1, q2 = _two_body(rng, w_had, m_had, zero, zero)
-    return (b1, b2, q1, q2, isr), lepton, nu
+    return (b1, b2, q1, q2, isr), lepton, nu, m_lep
 
 
 # --- detector and reconstruction -------------------------------------------------------------
 
 
-def _reconstruct(rng, partons, lepton, nu):
-    """Smear, select and reconstruct; return raw (unscaled) features [n_kept, 28] in GeV."""
+def _reconstruct(rng, partons, lepton, nu, m_w_lep):
+    """Smear, select and reconstruct; return raw (unscaled) features [n_kept, 28] in GeV.
+
+    ``m_w_lep`` is the leptonic W's generated mass, the neutrino-pz constraint (see the module
+    docstring for why).
+    """
     n = lepton[0].shape[0]
     k = len(partons)
     # [n, k] arrays of parton 4-vector components.
@@ -325,7 +335,7 @@ def _reconstruct(rng, partons, lepton, nu):
     metx, mety = metx[keep], mety[keep]
     m = lep[0].shape[0]
 
-    nu_rec = _neutrino(lep, metx, mety)
+    nu_rec = _neutrino(lep, metx, mety, m_w_lep[keep])
 
     # Pairing: two highest b-tag levels (ties by pT) are the b jets; jets come pT-sorted so a
     # stable sort on the level keeps the pT order inside a level.
@@ -360,11 +370,11 @@ def _reconstruct(rng, partons, lepton, nu):
     return out
 
 
-def _neutrino(lep, metx, mety):
-    """Neutrino 4-vector from MET and the W-mass constraint on m(ℓν) (smaller-|pz| root)."""
+def _neutrino(lep, metx, mety, m_w):
+    """Neutrino 4-vector from MET and the constraint m(ℓν) = m_w (smaller-|pz| root)."""
     el, lx, ly, lz = lep
     pt2 = np.maximum(lx * lx + ly * ly, 1e-9)
-    mu = 0.5 * M_W * M_W + lx * metx + ly * mety
+    mu = 0.5 * m_w * m_w + lx * metx + ly * mety
     a = mu * lz / pt2
     disc = a * a - (el * el * (metx * metx + mety * mety) - mu * mu) / pt2
     root = np.sqrt(np.maximum(disc, 0.0))  # complex roots → real part (disc clipped to 0)
@@ -409,8 +419,8 @@ class _ClassStream:
             rng = _block_rng(self.seed, self.stream, self.block)
             self.block += 1
             make = _signal_partons if self.stream == _STREAM_SIGNAL else _background_partons
-            partons, lepton, nu = make(rng, _CANDIDATE_BLOCK)
-            events = _reconstruct(rng, partons, lepton, nu)
+            partons, lepton, nu, m_w_lep = make(rng, _CANDIDATE_BLOCK)
+            events = _reconstruct(rng, partons, lepton, nu, m_w_lep)
             parts.append(events)
             have += events.shape[0]
         allev = np.concatenate(parts) if len(parts) > 1 else self.buffer

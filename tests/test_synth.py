@@ -171,9 +171,13 @@ def test_mass_peaks(events: tuple[np.ndarray, np.ndarray]) -> None:
     # Background: the hadronic (jjb) and leptonic (ℓνb) tops.
     assert abs(_mode(gev(bkg, "m_jjj"), 50, 500) - synth.M_T) < 15
     assert abs(_mode(gev(bkg, "m_jlv"), 50, 500) - synth.M_T) < 15
-    # The hadronic W, and m(ℓν) pinned to m_W by the neutrino-pz constraint.
+    # The hadronic W, and m(ℓν) held near m_W by the neutrino-pz constraint (a narrow peak
+    # with the W's Breit–Wigner width, not a single value).
     assert abs(_mode(gev(bkg, "m_jj"), 20, 300) - synth.M_W) < 10
-    assert np.mean(np.abs(gev(x, "m_lv") - synth.M_W) < 0.5) > 0.5
+    m_lv = gev(x, "m_lv")
+    assert abs(_mode(m_lv, 60, 100, bins=80) - synth.M_W) < 1.5
+    assert np.mean(np.abs(m_lv - synth.M_W) < 3) > 0.5
+    assert np.mean(np.abs(m_lv - synth.M_W) < 0.5) < 0.5
     # Signal: H± → W h⁰ and the whole H⁰ system.
     assert abs(_mode(gev(sig, "m_wwbb"), 200, 900) - synth.M_H0) < 30
     assert abs(_mode(gev(sig, "m_wbb"), 100, 700) - synth.M_HPM) < 30
@@ -202,7 +206,7 @@ def test_low_high_and_all_feature_sets_separate_signal(events: tuple[np.ndarray,
             model.fit(x[train, cols], labels[train])
             auc[name] = roc_auc_score(labels[test], model.predict_proba(x[test, cols])[:, 1])
     # Measured with this set-up (seeds 2024, 1, 77): low 0.747-0.749, high 0.853-0.860,
-    # all 0.866-0.873, all − high ≥ 0.012 (the paper's BDT on the real file: 0.73 / 0.78 /
+    # all 0.866-0.872, all − high ≥ 0.011 (the paper's BDT on the real file: 0.73 / 0.78 /
     # 0.81). The margins leave room for sampling noise (AUC σ ≈ 0.004 at 15k test events).
     assert auc["low"] > 0.68, auc
     assert auc["high"] > 0.78, auc
