@@ -4,6 +4,7 @@
     higgs convert --source data/sources/sample.csv.gz --out data/sample
     higgs train --data data/sample --out runs/try --preset sample --workers 2
     higgs lr-find --data data/sample --out runs/lrfind --set train.optimizer=sgd
+    higgs tune --data data/sample --out runs/tune --trials 8
     higgs evaluate --data data/sample --run runs/try
     higgs publish --run runs/try --to runs
     higgs run --preset sample
@@ -106,6 +107,16 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    extra = [f"tune.trials={args.trials}"] if args.trials else []
+    extra += [f"tune.parallel={args.parallel}"] if args.parallel else []
+    cfg = _config(args, extra)
+    from pipeline import tune
+
+    print(tune.summary(tune.tune(cfg, args.data, args.out)))
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from pipeline import evaluate
@@ -184,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=100)
     _add_config_args(p)
     p.set_defaults(handler=cmd_lr_find)
+
+    p = sub.add_parser("tune", help="hyperparameter search (Optuna) over the tune.* space → best_config.yaml")
+    p.add_argument("--data", required=True, metavar="DATA")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--trials", type=int, default=None, help="total trials (default: tune.trials)")
+    p.add_argument("--parallel", type=int, default=None, help="trials at once (default: tune.parallel)")
+    _add_config_args(p)
+    p.set_defaults(handler=cmd_tune)
 
     p = sub.add_parser("evaluate", help="exact AUC report, baseline and blessing → RUN/report/")
     p.add_argument("--data", required=True, metavar="DATA")
