@@ -47,16 +47,18 @@ def write_dataset(root: Path, seed: int = 0) -> tuple[Path, dict[str, tuple[np.n
 
 
 def train_small_run(run: Path, x: np.ndarray, y: np.ndarray, cfg) -> object:
-    """Train a small tf_keras model a few epochs and lay out a run directory (contract)."""
+    """Fit the project's wide-and-deep model (small config) a few epochs; lay out a run dir.
+
+    Fitting in-process on arrays keeps this fixture fast; ``test_e2e_*`` below goes
+    through ``run_training`` on a converted dataset instead.
+    """
     import tensorflow as tf
 
+    from pipeline.model import build_wide_and_deep
     from pipeline.tfk import keras
 
     tf.keras.utils.set_random_seed(0)
-    inputs = keras.Input(shape=(schema.NUM_FEATURES,), name="features")
-    hidden = keras.layers.Dense(32, activation="relu")(keras.layers.BatchNormalization()(inputs))
-    outputs = keras.layers.Dense(1, activation="sigmoid")(hidden)
-    model = keras.Model(inputs, outputs)
+    model = build_wide_and_deep(cfg.model)
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="binary_crossentropy",
                   metrics=[keras.metrics.AUC(name="auc"), "accuracy"])
     fit = model.fit(x, y, batch_size=256, epochs=3, validation_split=0.1, verbose=0,
@@ -75,7 +77,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("evaluate")
     data, arrays = write_dataset(root / "data")
     cfg = load_config("sample", overrides=["evaluate.baseline_rows=5000", "evaluate.baseline_trees=30",
-                                           "evaluate.batch_size=1000", "evaluate.auc_floor=0.6"])
+                                           "evaluate.batch_size=1000", "evaluate.auc_floor=0.6",
+                                           "model.blocks=1", "model.units=32"])
     model = train_small_run(root / "runs" / "run-1", *arrays["training"], cfg)
     return cfg, data, root / "runs" / "run-1", arrays, model
 
@@ -229,3 +232,38 @@ def test_missing_model_is_one_clear_line(trained, tmp_path: Path, capsys) -> Non
     assert cli.main(["evaluate", "--data", str(tmp_path / "no-data"), "--run", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error:" in err
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_e2e_train_evaluate_publish_via_cli(small_dataset: str, tmp_path: Path, capsys) -> None:
+    """Converted dataset → run_training → `higgs evaluate` → `higgs publish` (in place)."""
+    from PIL import Image
+
+    from pipeline import cli, dataset, train
+
+    overrides = ["train.epochs=2", "model.blocks=1", "model.units=32", "train.batch_size_per_replica=256",
+                 "train.steps_per_execution=4", "evaluate.baseline_rows=4000",
+                 "evaluate.baseline_trees=20", "evaluate.auc_floor=0.55"]
+    runs = tmp_path / "runs"
+    run = runs / "e2e-run"
+    train.run_training(load_config("sample", overrides=overrides), small_dataset, str(run))
+    sets = [arg for o in overrides for arg in ("--set", o)]
+
+    assert cli.main(["evaluate", "--data", small_dataset, "--run", str(run),
+                     "--published", str(runs), *sets]) == 0
+    assert "AUC" in capsys.readouterr().out
+    m = json.loads((run / "report" / "metrics.json").read_text())
+    assert m["test_rows"] == dataset.split_rows(dataset.load_manifest(small_dataset), "test")
+    assert m["auc_ci95"][0] < m["auc"] < m["auc_ci95"][1] and m["auc"] > 0.55
+    assert m["baseline"]["auc"] > 0.55 and m["blessed"] is True
+    for name in ("roc.png", "scores.png", "history.png"):
+        with Image.open(run / "report" / name) as img:
+            assert img.format == "PNG"
+    assert "| 2 |" in (run / "report" / "report.md").read_text()  # both epochs in the history
+    assert (run / "model" / "saved_model" / "saved_model.pb").is_file()
+
+    assert cli.main(["publish", "--run", str(run), "--to", str(runs)]) == 0
+    assert "moved latest.json" in capsys.readouterr().out
+    assert publish.read_latest(str(runs))["run_id"] == "e2e-run"
+    assert json.loads((run / "MANIFEST").read_text())["run_id"] == "e2e-run"
