@@ -3,20 +3,21 @@
     .venv/bin/python benchmarks/synth.py                      # 1,000,000 rows
     .venv/bin/python benchmarks/synth.py --rows 200000 --ref-rows 50000
 
-Measures, in one run on this machine:
+Measures, one after the other in one process on this machine (each stage alone, so the
+figures are comparable with each other under the same load):
 
-- ``gen_events_s``: events generated per second (physics, detector, reconstruction, scaling),
-- ``write_rows_s``: rows formatted (Arrow, shortest float32 text), gzip-compressed (ISA-L
-  level 1) and written per second, counting the time of the format and compress stages as
-  if one thread did both (comparable with the single-threaded reference),
-- ``wall_rows_s``: rows per second of the whole ``write_csv`` call (generation, formatting
-  and compression overlap in threads),
+- ``gen_events_s``: ``synth.generate`` — physics, detector, reconstruction, scaling;
+- ``write_rows_s``: the writer's work on those arrays in one thread — Arrow formatting
+  (``synth.format_csv``, shortest round-trip float32 text) and ISA-L gzip level 1 into a file,
+  exactly the functions ``write_csv`` uses;
+- ``wall_rows_s``: the real ``synth.write_csv`` call end to end (generation, formatting and
+  compression overlap in threads);
 - ``ref_write_rows_s``: the same rows written the obvious way, ``np.savetxt(fmt="%.9g")``
-  into ``gzip.open`` (zlib level 6), on the first ``--ref-rows`` rows,
+  into ``gzip.open`` (zlib level 6), on the first ``--ref-rows`` rows;
 
-and prints as its last line ``rows=… gen_events_s=… write_rows_s=… ref_write_rows_s=…
-ratio=…`` where ratio = write_rows_s / ref_write_rows_s. The machine is shared: the load
-average is printed with the figures.
+plus the same rates per CPU-second (thread time), which do not depend on how busy the shared
+machine is. The last line is ``rows=… gen_events_s=… write_rows_s=… ref_write_rows_s=…
+ratio=…`` with ratio = write_rows_s / ref_write_rows_s.
 """
 
 from __future__ import annotations
@@ -26,20 +27,38 @@ import gzip
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import synth
 
+CHUNK = 65_536
 
-def reference_write(path: Path, labels: np.ndarray, features: np.ndarray) -> tuple[float, float]:
-    """Write rows with np.savetxt through gzip.open; return (rows/s wall, rows per CPU-s)."""
-    rows = np.concatenate([labels[:, None], features], axis=1)
+
+def timed(fn: Callable[[], object]) -> tuple[object, float, float]:
+    """Run ``fn``; return (result, wall seconds, CPU seconds of this thread)."""
     start, cpu = time.perf_counter(), time.thread_time()
+    result = fn()
+    return result, time.perf_counter() - start, time.thread_time() - cpu
+
+
+def project_write(path: Path, labels: np.ndarray, features: np.ndarray) -> None:
+    """Format and compress pre-generated rows the way write_csv does, in this thread."""
+    from isal import igzip
+
+    with open(path, "wb") as raw, igzip.IGzipFile(filename="", mode="wb", fileobj=raw,
+                                                  compresslevel=1, mtime=0) as gz:
+        for i in range(0, len(labels), CHUNK):
+            gz.write(synth.format_csv(labels[i:i + CHUNK], features[i:i + CHUNK]))
+
+
+def reference_write(path: Path, labels: np.ndarray, features: np.ndarray) -> None:
+    """Write rows with np.savetxt through gzip.open (the obvious way)."""
+    rows = np.concatenate([labels[:, None], features], axis=1)
     with gzip.open(path, "wb", compresslevel=6) as f:
         np.savetxt(f, rows, fmt="%.9g", delimiter=",")
-    return len(rows) / (time.perf_counter() - start), len(rows) / (time.thread_time() - cpu)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,31 +68,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default=None, help="directory for the files (default: a temp dir)")
     args = parser.parse_args(argv)
+    n, m = args.rows, min(args.ref_rows, args.rows)
 
     with tempfile.TemporaryDirectory(dir=args.out) as tmp:
         out = Path(tmp)
         synth.generate(1000, seed=args.seed)  # warm imports and caches outside the timing
-        result = synth.write_csv(out / "synth.csv.gz", rows=args.rows, seed=args.seed)
+        (labels, features), gen_wall, gen_cpu = timed(lambda: synth.generate(n, seed=args.seed))
+        _, write_wall, write_cpu = timed(lambda: project_write(out / "p.csv.gz", labels, features))
+        _, ref_wall, ref_cpu = timed(lambda: reference_write(out / "r.csv.gz", labels[:m], features[:m]))
+        result = synth.write_csv(out / "synth.csv.gz", rows=n, seed=args.seed)
         size = result.path.stat().st_size
-        labels, features = synth.generate(args.ref_rows, seed=args.seed)
-        ref_rows_s, ref_cpu_rows_s = reference_write(out / "ref.csv.gz", labels, features)
+        same = gzip.decompress((out / "p.csv.gz").read_bytes()) == gzip.decompress(result.path.read_bytes())
 
     load = os.getloadavg()[0]
-    print(f"generated {result.rows:,} events ({result.signal_fraction:.1%} signal) in "
-          f"{result.seconds:.1f} s, {size / result.rows:.0f} gzip bytes/row, load average {load:.1f}")
-    gen_cpu = result.rows / result.gen_cpu_seconds
-    write_cpu = result.rows / result.write_cpu_seconds
-    print("                          wall-clock        per CPU-second")
-    print(f"  generation          {result.events_per_s:12,.0f} ev/s  {gen_cpu:12,.0f} ev/s")
-    print(f"  format+gzip+write   {result.write_rows_per_s:12,.0f} rows/s{write_cpu:12,.0f} rows/s")
-    print(f"  write_csv overall   {result.rows / result.seconds:12,.0f} rows/s")
-    print(f"  reference savetxt   {ref_rows_s:12,.0f} rows/s{ref_cpu_rows_s:12,.0f} rows/s  "
-          f"(np.savetxt '%.9g' + gzip level 6, {args.ref_rows:,} rows)")
-    ratio = result.write_rows_per_s / ref_rows_s
-    print(f"rows={result.rows} gen_events_s={result.events_per_s:.0f} gen_events_cpu_s={gen_cpu:.0f} "
-          f"write_rows_s={result.write_rows_per_s:.0f} write_rows_cpu_s={write_cpu:.0f} "
-          f"wall_rows_s={result.rows / result.seconds:.0f} ref_write_rows_s={ref_rows_s:.0f} "
-          f"ref_write_rows_cpu_s={ref_cpu_rows_s:.0f} load={load:.1f} ratio={ratio:.2f}")
+    rates = {
+        "gen_events_s": n / gen_wall, "gen_events_cpu_s": n / gen_cpu,
+        "write_rows_s": n / write_wall, "write_rows_cpu_s": n / write_cpu,
+        "ref_write_rows_s": m / ref_wall, "ref_write_rows_cpu_s": m / ref_cpu,
+        "wall_rows_s": n / result.seconds,
+    }
+    print(f"{n:,} events ({result.signal_fraction:.1%} signal), {size / n:.0f} gzip bytes/row, "
+          f"write_csv text identical to the staged writer's: {same}; load average {load:.1f} "
+          f"on {os.cpu_count()} cores")
+    print("                                    wall-clock      per CPU-second")
+    print(f"  generate                    {rates['gen_events_s']:12,.0f} ev/s  "
+          f"{rates['gen_events_cpu_s']:10,.0f} ev/s")
+    print(f"  format + gzip + write       {rates['write_rows_s']:12,.0f} rows/s"
+          f"{rates['write_rows_cpu_s']:10,.0f} rows/s")
+    print(f"  reference np.savetxt+gzip   {rates['ref_write_rows_s']:12,.0f} rows/s"
+          f"{rates['ref_write_rows_cpu_s']:10,.0f} rows/s  ({m:,} rows)")
+    print(f"  write_csv end to end        {rates['wall_rows_s']:12,.0f} rows/s")
+    ratio = rates["write_rows_s"] / rates["ref_write_rows_s"]
+    print(f"rows={n} " + " ".join(f"{k}={v:.0f}" for k, v in rates.items())
+          + f" load={load:.1f} ratio={ratio:.2f}")
     return 0
 
 
