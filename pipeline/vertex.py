@@ -460,33 +460,83 @@ def submit_and_follow(
 
 @dataclass(frozen=True)
 class VertexRun:
-    """What a Vertex AI training run produced."""
+    """What a Vertex AI training run produced (the attributes of ``pipeline.train.TrainResult``).
 
+    Attributes:
+        run_dir: the run directory the caller asked for (local or gs://).
+        model_path: ``run_dir/model/model.keras``.
+        epochs: epochs run, from ``history.json``.
+        best_val_auc: best validation AUC in ``history.json`` (nan if none).
+        history: the content of ``history.json``.
+        job_name: ``projects/P/locations/R/customJobs/ID``.
+        state: the final job state name.
+        console_url: the job's Cloud console page.
+        remote_run_dir: where the job wrote the run (gs://).
+    """
+
+    run_dir: str
+    model_path: str
+    epochs: int
+    best_val_auc: float
+    history: dict[str, Any]
     job_name: str
     state: str
-    run_dir: str
     console_url: str
+    remote_run_dir: str
+
+
+def remote_run_dir(cfg: Config, run_dir: str) -> str:
+    """Return where the job writes ``run_dir``: itself if gs://, else under the staging bucket.
+
+    Raises:
+        VertexConfigError: ``run_dir`` is local and neither ``runtime.staging_location`` nor
+            ``runtime.temp_location`` is set.
+    """
+    if storage.is_gcs(run_dir):
+        return run_dir
+    base = cfg.runtime.staging_location or cfg.runtime.temp_location
+    if not storage.is_gcs(base):
+        raise VertexConfigError(
+            f"run directory {run_dir} is local, so the Vertex AI job needs a gs:// place to write "
+            "it first: set runtime.staging_location=gs://BUCKET/staging")
+    return storage.join(base, "vertex-runs", Path(run_dir).name)
 
 
 def run_training_vertex(cfg: Config, data: str, run_dir: str, **follow: Any) -> VertexRun:
     """Train ``cfg`` on Vertex AI (the entry when ``cfg.runtime.backend == "vertex"``).
 
-    Builds the job, submits it with :func:`submit_and_follow` and returns when it succeeded;
-    the chief wrote ``run_dir`` (``config.yaml``, ``model/``, ``logs/``, ``checkpoints/``).
+    Builds the job, submits it with :func:`submit_and_follow` and returns when it succeeded.
+    The chief writes the run directory to gs:// (``config.yaml``, ``model/``, ``logs/``,
+    ``checkpoints/``, ``history.json``); when ``run_dir`` is local it is written under
+    ``runtime.staging_location/vertex-runs/`` and copied to ``run_dir`` afterwards, so
+    evaluation and publishing work on it as on a local run.
 
     Args:
         cfg: resolved config with ``runtime.backend == "vertex"``.
         data: ``gs://`` dataset directory.
-        run_dir: ``gs://`` run directory.
+        run_dir: local or ``gs://`` run directory.
         **follow: passed to :func:`submit_and_follow` (``client``, ``poll_seconds`` …).
 
     Returns:
-        The job name, its final state, the run directory and the console link.
+        :class:`VertexRun` with the ``TrainResult`` attributes plus the job's name and state.
     """
-    job = build_custom_job(cfg, data, run_dir)
+    import math
+
+    remote = remote_run_dir(cfg, run_dir)
+    job = build_custom_job(cfg, data, remote)
     done = submit_and_follow(job, project=cfg.runtime.gcp_project, region=cfg.runtime.gcp_region,
                              **follow)
-    return VertexRun(done.name, done.state.name, run_dir, console_url(done.name))
+    if remote != run_dir:
+        n = _copy_tree(remote, run_dir)
+        log.info("copied %d files of the run from %s to %s", n, remote, run_dir)
+    history_uri = storage.join(run_dir, "history.json")
+    if not storage.exists(history_uri):
+        raise VertexJobError(f"Vertex AI job {done.name} succeeded but {history_uri} is missing")
+    history = json.loads(storage.read_text(history_uri))
+    aucs = [v for v in history.get("val_auc", []) if v is not None and not math.isnan(v)]
+    return VertexRun(run_dir, storage.join(run_dir, "model", "model.keras"),
+                     len(history.get("epoch", [])), max(aucs) if aucs else float("nan"), history,
+                     done.name, done.state.name, console_url(done.name), remote)
 
 
 # --- the local stand-in: a job's worker pools as processes on 127.0.0.1 ---------------------

@@ -152,6 +152,8 @@ class LocalJobService:
         self.jobs: dict[str, aiplatform_v1.CustomJob] = {}
         self.logs: dict[str, list[str]] = {}
         self.env: dict[str, str] = {}
+        # Replica arguments to replace (e.g. a gs:// dataset by this machine's copy).
+        self.arg_map: dict[str, str] = {}
         self.lock = threading.Lock()
         self.port = free_port()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
@@ -189,7 +191,10 @@ class LocalJobService:
         with self.lock:
             job = self.jobs[name]
             job.state = aiplatform_v1.JobState.JOB_STATE_RUNNING
-        replicas = vertex.run_job_locally(job, env=self.env, timeout=240)
+            local = aiplatform_v1.CustomJob(job)
+            for pool in local.job_spec.worker_pool_specs:
+                pool.container_spec.args = [self.arg_map.get(a, a) for a in pool.container_spec.args]
+        replicas = vertex.run_job_locally(local, env=self.env, timeout=240)
         with self.lock:
             for r in replicas:
                 self.logs.setdefault(name, []).extend(
@@ -275,38 +280,40 @@ TINY = ["model.blocks=1", "model.units=16", "train.epochs=1", "train.steps_per_e
 @pytest.mark.gcs
 def test_multi_worker_job_trains_in_the_local_standin(small_dataset, gcs_emulator, gcs_bucket,
                                                       job_service, tmp_path):
-    """The generated 2-replica job, run as chief + worker on 127.0.0.1, trains and uploads."""
-    cfg = _cfg("runtime.worker_count=2", *TINY, preset="sample")
-    run = f"gs://{gcs_bucket}/runs/standin"
-    job = vertex.build_custom_job(cfg, DATA, run)
-    # Same args except --data: TensorFlow's own gs:// filesystem cannot reach the emulator,
-    # so the replicas read this machine's converted dataset; --out stays gs:// (emulator).
-    for pool in job.job_spec.worker_pool_specs:
-        args = list(pool.container_spec.args)
-        args[args.index("--data") + 1] = small_dataset
-        pool.container_spec.args = args
+    """The generated 2-replica job, run as chief + worker on 127.0.0.1, trains and comes back.
+
+    run_training_vertex → JobServiceClient → stand-in JobService → 2 processes with Vertex-style
+    TF_CONFIG running the job's own command and args → the chief uploads the run to gs://
+    (emulator) → run_training_vertex copies it to the local run directory.
+    """
+    cfg = _cfg("runtime.worker_count=2", f"runtime.staging_location=gs://{gcs_bucket}/staging",
+               *TINY, preset="sample")
+    # TensorFlow's own gs:// filesystem cannot reach the emulator, so the stand-in gives the
+    # replicas this machine's converted dataset in place of the gs:// one; all else is as built.
+    job_service.arg_map = {DATA: small_dataset}
     job_service.env = {"STORAGE_EMULATOR_HOST": gcs_emulator, "GOOGLE_CLOUD_PROJECT": "test-project",
                        "HIGGS_LOCAL_RUN": str(tmp_path / "replica-run")}
     lines: list[str] = []
-    done = vertex.submit_and_follow(job, project="test-project", region="us-central1",
-                                    client=job_service.client(), read_logs=job_service.read_logs,
-                                    poll_seconds=1.0, echo=lines.append)
+    run_dir = tmp_path / "runs" / "standin"
+    result = vertex.run_training_vertex(cfg, DATA, str(run_dir), client=job_service.client(),
+                                        read_logs=job_service.read_logs, poll_seconds=1.0,
+                                        echo=lines.append)
 
-    assert done.state == aiplatform_v1.JobState.JOB_STATE_SUCCEEDED, "\n".join(lines)
     text = "\n".join(lines)
+    assert result.state == "JOB_STATE_SUCCEEDED", text[-3000:]
+    assert result.remote_run_dir == f"gs://{gcs_bucket}/staging/vertex-runs/standin"
     assert "[chief-0]" in text and "[worker-0]" in text
     # Both processes ran one synchronous MultiWorkerMirroredStrategy: the same final weights.
     digests = {task: re.search(r"weights_sha256=([0-9a-f]{64})", "\n".join(
         line for line in lines if line.startswith(f"[{task}]"))) for task in ("chief-0", "worker-0")}
     assert all(digests.values()), text[-3000:]
     assert digests["chief-0"].group(1) == digests["worker-0"].group(1)
-    files = storage.list_files(run)
-    assert {"config.yaml", "history.json", "model/model.keras"} <= set(files)
-    history = json.loads(storage.read_text(storage.join(run, "history.json")))
-    assert len(history["epoch"]) == 1 and history["val_auc"][0] > 0
-    written = tmp_path / "config.yaml"
-    written.write_text(storage.read_text(storage.join(run, "config.yaml")))
-    trained = read_config(written)
+    # The chief's run directory went to gs:// and came back to the local run directory.
+    assert {"config.yaml", "history.json", "model/model.keras"} <= set(
+        storage.list_files(result.remote_run_dir))
+    assert (run_dir / "model" / "model.keras").is_file()
+    assert result.epochs == 1 and 0 < result.best_val_auc <= 1
+    trained = read_config(run_dir / "config.yaml")
     assert trained.train.strategy == "multi_worker" and trained.model.units == 16
     assert trained.runtime.backend == "local"
 
