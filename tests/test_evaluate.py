@@ -208,10 +208,10 @@ def test_blessing_reads_the_published_model(evaluated, tmp_path: Path) -> None:
 
 
 def test_evaluate_against_published_and_without_baseline(trained, tmp_path: Path) -> None:
-    """Second evaluation (baseline off) after publishing the first: compares and reports."""
+    """Second evaluation (baseline off, bootstrap on) against a published run."""
     cfg, data, run, _arrays, _model = trained
     cfg = load_config("sample", overrides=["evaluate.baseline=false", "evaluate.batch_size=512",
-                                           "evaluate.auc_floor=0.6"])
+                                           "evaluate.auc_floor=0.6", "evaluate.bootstrap=30"])
     out = tmp_path / "published"
     from test_publish import make_evaluated_run
 
@@ -221,6 +221,8 @@ def test_evaluate_against_published_and_without_baseline(trained, tmp_path: Path
     assert result["published_auc"] == 0.61
     md = (run / "report" / "report.md").read_text()
     assert "BDT baseline (off)" in md and "published run older" in md
+    lo, hi = result["auc_ci95_bootstrap"]
+    assert lo < result["auc"] < hi and "AUC 95% interval (bootstrap)" in md
 
 
 def test_missing_model_is_one_clear_line(trained, tmp_path: Path, capsys) -> None:
