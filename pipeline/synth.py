@@ -389,13 +389,22 @@ _PHI_COLS = tuple(schema.feature_index(n) for n in schema.FEATURES if n.endswith
 _BTAG_COLS = tuple(schema.feature_index(f"jet{i}_btag") for i in range(1, 5))
 
 
+def _scale_factors() -> np.ndarray:
+    factors = 1.0 / _SCALE
+    factors[list(_PHI_COLS)] = 1.0 / PHI_DIVISOR
+    factors[list(_BTAG_COLS)] = BTAG_UNIT
+    return factors.astype(np.float32)
+
+
+_FACTORS = _scale_factors()
+
+
 def _scale(raw: np.ndarray) -> np.ndarray:
-    """Raw GeV/η/φ/level columns → the real file's scaling, as float32."""
-    out = raw / _SCALE
-    out[:, _PHI_COLS] = raw[:, _PHI_COLS] / PHI_DIVISOR
-    for col, unit in zip(_BTAG_COLS, BTAG_UNIT, strict=True):
-        out[:, col] = raw[:, col] * unit
-    return out.astype(np.float32)
+    """Raw GeV/η/φ/level columns → the real file's scaling, in one float32 pass.
+
+    B-tag levels (0, 1, 2) times the float32 unit give exactly the real file's values.
+    """
+    return np.multiply(raw, _FACTORS, dtype=np.float32)
 
 
 # --- streams ---------------------------------------------------------------------------------
@@ -458,10 +467,13 @@ class _EventStream:
 
     def take(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         is_sig = self.labels.take(n)
-        feats = np.empty((n, schema.NUM_FEATURES), _F)
         nsig = int(is_sig.sum())
-        feats[is_sig] = self.signal.take(nsig)
-        feats[~is_sig] = self.background.take(n - nsig)
+        both = np.concatenate([self.signal.take(nsig), self.background.take(n - nsig)])
+        # Row i takes the next signal event if its label is signal, else the next background
+        # one: a gather (np.take) is much faster than boolean-mask assignment of rows.
+        rank_sig = np.cumsum(is_sig) - 1
+        rank_bkg = nsig + np.arange(n) - rank_sig - 1
+        feats = np.take(both, np.where(is_sig, rank_sig, rank_bkg), axis=0)
         if not self.raw:
             feats = _scale(feats)
         return is_sig.astype(np.float32), feats
