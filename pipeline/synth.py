@@ -74,6 +74,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import schema
+from pipeline.errors import PipelineError
 
 SIGNAL_FRACTION = 0.53
 
@@ -143,6 +144,10 @@ _STREAM_LABEL, _STREAM_SIGNAL, _STREAM_BACKGROUND = 0, 1, 2
 # Kinematics run in float32: twice the numpy throughput of float64, and its ~1e-7 relative
 # precision is far below the detector resolution (masses come out good to ~0.01 GeV).
 _F = np.float32
+
+
+class SynthError(PipelineError, ValueError):
+    """Bad generator arguments or an unwritable output; the message is one line."""
 
 
 @dataclass(frozen=True)
@@ -481,9 +486,9 @@ class _EventStream:
 
 def _check_args(rows: int, seed: int) -> None:
     if not isinstance(rows, (int, np.integer)) or rows < 0:
-        raise ValueError(f"rows must be a non-negative integer, got {rows!r}")
+        raise SynthError(f"rows must be a non-negative integer, got {rows!r}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise SynthError(f"seed must be a non-negative integer, got {seed!r}")
 
 
 def generate(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -582,9 +587,13 @@ def write_csv(out: str | Path, rows: int, seed: int, chunk_rows: int = 65_536) -
 
     _check_args(rows, seed)
     if chunk_rows <= 0:
-        raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+        raise SynthError(f"chunk_rows must be positive, got {chunk_rows}")
     path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SynthError(f"cannot create {path.parent}: {exc.strerror or exc}; "
+                         "choose a writable --out") from None
     # Unique per process and call, so concurrent writers of the same file never share a temp.
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     stream = _EventStream(int(seed))
@@ -640,6 +649,10 @@ def write_csv(out: str | Path, rows: int, seed: int, chunk_rows: int = 65_536) -
                 in_flight.popleft().result()
             gz.write(bytes(pending_text))
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SynthError(f"cannot write {path}: {exc.strerror or exc}; choose a writable --out "
+                         "with enough free space") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -115,11 +115,16 @@ def test_zero_rows_writes_a_valid_empty_file(tmp_path: Path) -> None:
     assert result.signal_fraction == 0.0
 
 
-def test_bad_arguments_raise() -> None:
-    with pytest.raises(ValueError, match="rows"):
+def test_bad_arguments_and_unwritable_output_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(synth.SynthError, match="rows must be a non-negative integer"):
         synth.generate(-1, seed=1)
-    with pytest.raises(ValueError, match="seed"):
+    with pytest.raises(synth.SynthError, match="seed must be a non-negative integer"):
         synth.generate(10, seed=-3)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(synth.SynthError) as err:
+        synth.write_csv(blocker / "x.csv.gz", rows=10, seed=1)
+    assert str(blocker) in str(err.value) and "\n" not in str(err.value)
 
 
 # --- scaling like the real file --------------------------------------------------------------
