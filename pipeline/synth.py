@@ -25,14 +25,14 @@ class's own stream, so the signal fraction does not depend on selection efficien
 
 *Kinematics.* Every unstable particle gets a relativistic Breit–Wigner mass
 (``m² = m₀² + m₀Γ tan u``, u uniform, truncated to the kinematically allowed range, sampled
-from the bottom of the chain up so every decay is open; widths H⁰ 8, H± 5, h⁰ 0.004, t 1.42,
-W 2.085 GeV — the paper gives none for the exotic states, so they are simply narrow). Every
-decay is two-body, isotropic in
-the parent's rest frame, and boosted to the lab. The hard system (H⁰ or t t̄) gets a rapidity
-``y ~ N(0, 0.8)`` and a transverse recoil ``pT ~ Gamma(1.2, 30 GeV)`` (mean 36 GeV) balanced
-by one initial-state-radiation parton with ``η ~ N(0, 1.5)``, which becomes a fifth jet
-candidate. (The t t̄ tail, recoil and rapidity spread were set so the pT skewness and η widths
-come close to the real file's; see ``docs/synth.md``.)
+from the bottom of the chain up so every decay is open; widths H⁰ 8, H± 5, h⁰ 0.004,
+t 1.42, W 2.085 GeV — the paper gives none for the exotic states, so they are simply narrow).
+Every decay is two-body, isotropic in the parent's rest frame, and boosted to the lab. The
+hard system (H⁰ or t t̄) gets a rapidity ``y ~ N(0, 0.8)`` and a transverse recoil
+``pT ~ Gamma(1.2, 30 GeV)`` (mean 36 GeV) balanced by one initial-state-radiation parton
+with ``η ~ N(0, 1.5)``, which becomes a fifth jet candidate. (The t t̄ tail, recoil and
+rapidity spread were set so the pT skewness and η widths come close to the real file's; see
+``docs/synth.md``.)
 
 *Detector.* Partons become jets with energy resolution ``σ/E = 80%/√E ⊕ 5%`` (the 4-vector
 is scaled, direction kept); the lepton gets ``σ/pT = 2%``. Objects count only with
