@@ -13,7 +13,8 @@ predictions on the same rows. Then, in ``RUN/report/``:
   ``test_rows``; plus ``keras_auc``, ``keras_auc_diff``, ``working_points``, ``baseline``,
   ``blessed`` and more),
 * ``blessing.json`` — the decision against ``evaluate.auc_floor`` and the currently
-  published model (``OUT/latest.json``) with its reasons,
+  published model (``OUT/latest.json``) with its reasons; written last (``higgs publish``
+  needs it), and removed first, so a failed re-evaluation leaves no stale decision,
 * ``report.md``, ``roc.png``, ``scores.png``, ``history.png``;
 
 and ``RUN/model/saved_model/`` is exported if missing, with a reload check on test rows.
@@ -188,6 +189,9 @@ def evaluate(cfg: Config, data: str, run_dir: str, published: str | None = None)
     test_rows = dataset.split_rows(manifest, "test")
     out_dir = run / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
+    # blessing.json is written last and publish requires it: remove an old one first, so a
+    # re-evaluation that fails midway cannot leave a stale "blessed" beside a new model.
+    (out_dir / "blessing.json").unlink(missing_ok=True)
     published = published or cfg.runtime.publish_to
     # Read the published metrics before writing anything: when publishing in place, the
     # published run may be this very run directory.
@@ -250,7 +254,6 @@ def evaluate(cfg: Config, data: str, run_dir: str, published: str | None = None)
 
     result = _json_ready(result)
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out_dir / "blessing.json").write_text(json.dumps(blessing, indent=1) + "\n")
 
     scores = {"deep model": deep}
     if bdt_scores is not None:
@@ -264,5 +267,6 @@ def evaluate(cfg: Config, data: str, run_dir: str, published: str | None = None)
     report.write_markdown(out_dir / "report.md", run_dir=str(run), data=data, manifest=manifest,
                           config_yaml=config_yaml, history=history, metrics_dict=result,
                           blessing=blessing)
+    (out_dir / "blessing.json").write_text(json.dumps(blessing, indent=1) + "\n")
     log.info("wrote %s (AUC %.4f, blessed %s)", out_dir, result["auc"], result["blessed"])
     return result

@@ -269,3 +269,25 @@ def test_e2e_train_evaluate_publish_via_cli(small_dataset: str, tmp_path: Path, 
     assert "moved latest.json" in capsys.readouterr().out
     assert publish.read_latest(str(runs))["run_id"] == "e2e-run"
     assert json.loads((run / "MANIFEST").read_text())["run_id"] == "e2e-run"
+
+
+def test_failed_reevaluation_leaves_no_stale_blessing(trained, tmp_path: Path) -> None:
+    """A dataset whose shards hold fewer test rows than its manifest says: one-line error,
+    and the old blessing.json is gone, so `higgs publish` refuses the run."""
+    import shutil
+
+    cfg, _data, run, _arrays, _model = trained
+    data, _ = write_dataset(tmp_path / "data", seed=5)
+    manifest = json.loads((data / schema.MANIFEST_NAME).read_text())
+    manifest["rows"]["test"] += 10
+    (data / schema.MANIFEST_NAME).write_text(json.dumps(manifest))
+    copy = tmp_path / "run-copy"
+    shutil.copytree(run, copy)
+    (copy / "report").mkdir(exist_ok=True)
+    (copy / "report" / "blessing.json").write_text('{"blessed": true, "reasons": ["old"]}')
+    cfg = load_config("sample", overrides=["evaluate.baseline=false"])
+    with pytest.raises(evaluate.EvaluateError, match="manifest says 3010"):
+        evaluate.evaluate(cfg, str(data), str(copy), published=str(tmp_path / "pub"))
+    assert not (copy / "report" / "blessing.json").exists()
+    with pytest.raises(publish.PublishError, match="blessing"):
+        publish.publish(str(copy), str(tmp_path / "pub"))
