@@ -4,23 +4,18 @@
 
 The fast tests drive the real Optuna study with an injected trial runner (a plain function
 scoring each point), so the orchestration, failure handling, resume and outputs are checked
-without training; the slow test runs real `higgs train` trials on the converted small dataset.
+without training; real `higgs train` trials run in tests/test_tune_flow.py (Prefect tasks).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from pipeline import tune
 from pipeline.config import ConfigError, load_config
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(
@@ -109,28 +104,20 @@ def test_all_trials_failing_is_one_clear_error(tmp_path, small_dataset):
                                         for _, d in batch])
 
 
-@pytest.mark.slow
-def test_higgs_tune_runs_real_training_trials(small_dataset, tmp_path):
-    out = tmp_path / "tune"
-    sets = ["tune.trials=2", "tune.parallel=2", "tune.epochs=1", "tune.blocks=[1]", "tune.units=[8,16]",
-            "tune.batch_sizes=[256,512]", "tune.optimizers=[adam,sgd]", "train.strategy=one_device",
-            "train.steps_per_execution=4", "train.cache=false", "train.shuffle_buffer=2000"]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "tune", "--data", small_dataset,
-                           "--out", str(out), *[a for s in sets for a in ("--set", s)]],
-                          capture_output=True, text=True, env=env, timeout=400, cwd=ROOT)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    assert "best val_auc" in proc.stdout and "best_config.yaml" in proc.stdout
-    trials = json.loads((out / "trials.json").read_text())
-    assert len(trials) == 2 and all(0.0 < t["value"] <= 1.0 for t in trials)
-    for t in trials:
-        # Each trial was a real `higgs train --config trial_config.yaml` run: the same YAML
-        # format as best_config.yaml, so `higgs train --config` accepts the result.
-        run = Path(t["run_dir"])
-        assert (run / "model" / "model.keras").is_file()
-        history = json.loads((run / "history.json").read_text())
-        assert max(history["val_auc"]) == pytest.approx(t["value"])
-        assert load_config("sample", run / "trial_config.yaml").model.units == t["params"]["units"]
-    best = load_config("sample", out / "best_config.yaml")
-    top = max(trials, key=lambda t: t["value"])
-    assert (best.model.units, best.train.optimizer) == (top["params"]["units"], top["params"]["optimizer"])
+def test_cli_tune_bad_dataset_is_one_line(tmp_path, capsys):
+    from pipeline import cli
+
+    code = cli.main(["tune", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "t"),
+                     "--trials", "2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "is not a dataset" in err
+
+
+@pytest.mark.slow  # two trial processes import TensorFlow (~25 s each on a busy 2-core box)
+def test_thread_runner_runs_a_batch_and_reports_failed_trials(tmp_path):
+    # Real trial processes that fail fast (no dataset): the runner returns each one's error.
+    cfg = load_config("sample")
+    runner = tune.thread_runner(parallel=2, timeout_s=120, data=str(tmp_path / "missing"))
+    results = runner([(cfg, str(tmp_path / "000")), (cfg, str(tmp_path / "001"))])
+    assert [type(r) for r in results] == [tune.TuneError, tune.TuneError]
+    assert "trial 001 failed (exit 2)" in str(results[1]) and "is not a dataset" in str(results[1])
