@@ -82,7 +82,21 @@ def read_batches(
 def load_rows(
     data: str, split: str, cfg: Config, max_rows: int, batch_size: int = 65_536
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Read the first ``max_rows`` rows of a split into arrays (for the baseline's fit)."""
+    """Read the first ``max_rows`` rows of a split into arrays (for the baseline's fit).
+
+    Args:
+        data: dataset directory.
+        split: the split to read.
+        cfg: the resolved config (input pipeline settings).
+        max_rows: rows to read (fewer if the split is smaller).
+        batch_size: rows per read batch.
+
+    Returns:
+        ``(features float32 [N, 28], labels float32 [N])``.
+
+    Raises:
+        EvaluateError: the split yields no rows.
+    """
     xs, ys = [], []
     for x, y in read_batches(data, split, cfg, batch_size, max_rows=max_rows):
         xs.append(x)

@@ -256,14 +256,33 @@ def working_points(
 
 
 def accuracy(labels: np.ndarray, probabilities: np.ndarray, threshold: float = 0.5) -> float:
-    """Fraction of rows classified correctly with ``probability >= threshold`` as signal."""
+    """Fraction of rows classified correctly with ``probability >= threshold`` as signal.
+
+    Args:
+        labels: 0/1 array, 1 = signal.
+        probabilities: predicted signal probabilities.
+        threshold: the cut; rows at or above it count as signal.
+
+    Returns:
+        The accuracy in [0, 1].
+    """
     y = np.asarray(labels).reshape(-1) > 0.5
     p = np.asarray(probabilities).reshape(-1)
     return float(np.mean((p >= threshold) == y))
 
 
 def log_loss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-7) -> float:
-    """Mean binary cross-entropy; probabilities are clipped to [eps, 1-eps] (Keras' epsilon)."""
+    """Mean binary cross-entropy in nats per event.
+
+    Args:
+        labels: 0/1 array, 1 = signal.
+        probabilities: predicted signal probabilities.
+        eps: probabilities are clipped to [eps, 1 − eps] (Keras' epsilon), so a confident
+            wrong answer costs ~16 nats instead of infinity.
+
+    Returns:
+        The mean log loss.
+    """
     y = np.asarray(labels, dtype=np.float64).reshape(-1)
     p = np.clip(np.asarray(probabilities, dtype=np.float64).reshape(-1), eps, 1.0 - eps)
     return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log1p(-p)))
