@@ -25,8 +25,7 @@ from pipeline.config import Config
 if TYPE_CHECKING:
     import tensorflow as tf
 
-# Files read concurrently by interleave. More parallel reads of these tiny records were not
-# faster on a 2-core machine (DESIGN.md); a few keep the shuffle fed from several shards.
+# Files interleaved while training, so the shuffle buffer mixes records of several shards.
 CYCLE_LENGTH = 4
 
 
@@ -108,11 +107,15 @@ def make_dataset(
     files = tf.data.Dataset.from_tensor_slices(paths)
     if training and len(paths) > 1:
         files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    # Local files: the cycle's files are read in turn by one thread; parallel reads of these
+    # tiny records measured 2-4x slower on a 2-core machine (benchmarks/input.py). Remote
+    # files (gs://) are latency-bound, so there the cycle's files are read in parallel.
+    remote = any("://" in p for p in paths)
     ds = files.interleave(
         tf.data.TFRecordDataset,
         # Not training: one file after the other, so a pass yields the records in file order.
         cycle_length=min(CYCLE_LENGTH, len(paths)) if training else 1,
-        num_parallel_calls=tf.data.AUTOTUNE,
+        num_parallel_calls=tf.data.AUTOTUNE if remote else None,
         deterministic=deterministic or not training,
     )
     if pipelines > 1 and not by_file:
