@@ -91,7 +91,8 @@ def lr_find(
 
     Raises:
         ConfigError: bad sweep arguments, ``train.optimizer=cg`` (its rate is a Frank–Wolfe
-            step share, not a gradient step size) or an invalid optimizer config.
+            step share, not a gradient step size), ``train.workers > 1`` (the sweep runs in
+            this process) or an invalid optimizer config.
         pipeline.dataset.DatasetError: ``data`` is not a dataset.
     """
     if not 0 < min_lr < max_lr:
@@ -103,6 +104,9 @@ def lr_find(
     if cfg.train.optimizer == "cg":
         raise ConfigError("lr-find does not apply to train.optimizer=cg (its rate is the share of the "
                           "weights kept per Frank–Wolfe step); pick a rate near 1, e.g. 0.99")
+    if cfg.train.workers > 1:
+        raise ConfigError(f"lr-find runs in one process; drop train.workers={cfg.train.workers} and keep "
+                          "the real run's global batch (train.batch_size_per_replica × replicas)")
     sweep_train = dataclasses.replace(cfg.train, schedule="constant", reduce_lr=False,
                                       schedule_warmup_steps=0, learning_rate=min_lr)
     run_cfg = dataclasses.replace(cfg, train=sweep_train)

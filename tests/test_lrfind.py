@@ -104,6 +104,7 @@ def test_suggest_on_a_known_curve():
         (["train.optimizer=cg", "train.learning_rate=0.99"], {}, "does not apply to train.optimizer=cg"),
         ([], {"min_lr": 1.0, "max_lr": 0.1}, "0 < min_lr < max_lr"),
         ([], {"steps": 3}, "at least 10 steps"),
+        (["train.workers=2"], {}, "lr-find runs in one process"),
     ],
 )
 def test_lr_find_rejects_bad_requests_before_training(overrides, kwargs, fragment, tmp_path):
