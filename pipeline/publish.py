@@ -160,6 +160,11 @@ def publish(
         raise PublishError(f"{run / 'model' / 'model.keras'} is missing; {run_dir} is not a trained run")
     blessing = _read_json(run / "report" / "blessing.json", "the blessing decision", run_dir)
     metrics = _read_json(run / "report" / "metrics.json", "the metrics", run_dir)
+    model_file, blessing_file = run / "model" / "model.keras", run / "report" / "blessing.json"
+    if model_file.stat().st_mtime > blessing_file.stat().st_mtime:
+        # The blessing was decided for an earlier model (e.g. training resumed afterwards).
+        raise PublishError(f"{model_file} changed after {blessing_file} was written; re-run "
+                           f"'higgs evaluate --data DATA --run {run_dir}' before publishing")
 
     run_id = run.resolve().name
     dest = storage.join(to, run_id)

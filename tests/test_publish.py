@@ -119,6 +119,15 @@ def test_unevaluated_run_fails_with_one_line(tmp_path: Path) -> None:
         publish.publish(str(tmp_path / "nope"), str(tmp_path / "out"))
 
 
+def test_model_newer_than_its_blessing_is_refused(tmp_path: Path) -> None:
+    run = make_evaluated_run(tmp_path, "retrained", 0.8, blessed=True)
+    later = (run / "report" / "blessing.json").stat().st_mtime + 60
+    os.utime(run / "model" / "model.keras", (later, later))  # as if training ran again
+    with pytest.raises(publish.PublishError, match=r"changed after .*blessing\.json"):
+        publish.publish(str(run), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_publish_prints_what_it_wrote(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from pipeline import cli
 
