@@ -152,6 +152,37 @@ class _Files:
         with self.open_read(path) as f:
             return f.read()
 
+    def copy_range(self, path: str, start: int, end: int, out: BinaryIO) -> None:
+        """Append bytes [start, end) of ``path`` to the open file ``out``.
+
+        Local to local uses ``os.copy_file_range`` (the kernel copies; no round trip
+        through Python buffers); otherwise the range is read and written.
+        """
+        if not storage.is_gcs(path) and hasattr(out, "fileno") and hasattr(os, "copy_file_range"):
+            out.flush()  # keep the file position in step with earlier buffered writes
+            with open(path, "rb") as src:
+                offset = start
+                try:
+                    while offset < end:
+                        done = os.copy_file_range(src.fileno(), out.fileno(), end - offset, offset)
+                        if done == 0:
+                            break
+                        offset += done
+                except OSError:  # e.g. a filesystem without support: copy the rest by hand
+                    pass
+                if offset < end:
+                    src.seek(offset)
+                    out.write(src.read(end - offset))
+            out.seek(0, os.SEEK_END)  # re-sync the buffered writer with the moved fd position
+            return
+        with self.open_read(path) as src:
+            src.seek(start)
+            data = src.read(end - start)
+        if len(data) != end - start:
+            raise ConvertError(f"{_MARK}staging piece {path} is shorter than written; rerun "
+                               "the conversion")
+        out.write(data)
+
     def exists(self, path: str) -> bool:
         if storage.is_gcs(path):
             return bool(self.gcs().exists(path))
@@ -270,6 +301,7 @@ class ParsedBlock:
         labels: float32 [k] of the good rows (0.0/1.0).
         features: float32 [k, 28] of the good rows, in line order.
         bad: ``(line index within the block, kind, text)`` of every bad line.
+        summary: ``{"signal": n, "moments": …}`` of the good rows (see :class:`_Moments`).
     """
 
     part: int
@@ -278,6 +310,7 @@ class ParsedBlock:
     labels: np.ndarray
     features: np.ndarray
     bad: list[tuple[int, str, str]]
+    summary: dict[str, Any] = field(default_factory=dict)
 
 
 def _value_checks(values: np.ndarray) -> np.ndarray:
@@ -408,14 +441,24 @@ BAD_TAG = "bad_rows"
 
 
 def _parse_with_snippets(text: bytes, lines: int) -> tuple[np.ndarray, np.ndarray,
-                                                            list[tuple[int, str, str]]]:
-    """:func:`parse_block` plus the (truncated) text of each bad line."""
+                                                            list[tuple[int, str, str]],
+                                                            dict[str, Any]]:
+    """:func:`parse_block`, the (truncated) text of each bad line, and the block's summary.
+
+    Runs in the read step's helper thread, so the statistics (numpy, mostly without the
+    GIL) overlap with encoding in the main thread; a shard made of whole blocks then needs
+    no second look at its rows.
+    """
     labels, features, bad = parse_block(text, lines)
+    moments = _Moments()
+    moments.add(features)
+    summary = {"signal": int((labels == 1).sum()), "moments": moments.to_dict()}
     if not bad:
-        return labels, features, []
+        return labels, features, [], summary
     split_lines = text.split(b"\n")
     return labels, features, [
-        (i, kind, split_lines[i][:_BAD_TEXT_CHARS].decode("utf-8", "replace")) for i, kind in bad]
+        (i, kind, split_lines[i][:_BAD_TEXT_CHARS].decode("utf-8", "replace")) for i, kind in bad
+    ], summary
 
 
 class _ReadBlocks(beam.DoFn):
@@ -460,12 +503,12 @@ class _ReadBlocks(beam.DoFn):
 
     def _emit(self, part: int, pending: tuple[int, int, Any]) -> Iterator[Any]:
         line0, lines, future = pending
-        labels, features, bad = future.result()
+        labels, features, bad, summary = future.result()
         self.rows.inc(lines)
         for i, kind, text in bad:
             self.bad[kind].inc()
             yield beam.pvalue.TaggedOutput(BAD_TAG, (part, line0 + i, kind, text))
-        yield ParsedBlock(part, line0, lines, labels, features, bad)
+        yield ParsedBlock(part, line0, lines, labels, features, bad, summary)
 
 
 class _WritePieces(beam.DoFn):
@@ -483,7 +526,7 @@ class _WritePieces(beam.DoFn):
         self.files.write_bytes(path, framed)
         self.written.inc(block.labels.shape[0])
         yield {"part": block.part, "line0": block.line0, "lines": block.lines,
-               "records": int(block.labels.shape[0]), "path": path}
+               "records": int(block.labels.shape[0]), "path": path, **block.summary}
 
 
 @dataclass(frozen=True)
@@ -547,7 +590,8 @@ def plan_shards(pieces: Sequence[dict[str, Any]], parts: Sequence[tuple[int, int
 
     Returns:
         ``(plan, tasks, bad)``: the split plan; one task per shard ``{split, index, count,
-        path, records, ranges: [(piece path, byte start, byte end)]}``; bad rows as
+        path, records, ranges: [(piece path, byte start, byte end)], summaries: [the piece's
+        summary where the range is the whole piece, else None]}``; bad rows as
         ``(1-based global line, kind, text)`` sorted by line.
     """
     offsets, total = {}, 0
@@ -568,7 +612,7 @@ def plan_shards(pieces: Sequence[dict[str, Any]], parts: Sequence[tuple[int, int
         count = max(1, min(cfg["shards"][split], hi - lo))
         for k in range(count):
             a, b = lo + (hi - lo) * k // count, lo + (hi - lo) * (k + 1) // count
-            ranges = []
+            ranges, summaries = [], []
             first = max(0, bisect.bisect_right(starts, a) - 1)
             for meta, start in zip(ordered[first:], starts[first:], strict=True):
                 if start >= b:
@@ -577,9 +621,12 @@ def plan_shards(pieces: Sequence[dict[str, Any]], parts: Sequence[tuple[int, int
                 if r1 > r0:
                     ranges.append((meta["path"], (r0 - start) * records.FRAMED_BYTES,
                                    (r1 - start) * records.FRAMED_BYTES))
+                    whole = r1 - r0 == meta["records"] and "moments" in meta
+                    summaries.append({"signal": meta["signal"], "moments": meta["moments"]}
+                                     if whole else None)
             tasks.append({"split": split, "index": k, "count": count,
                           "path": _shard_name(split, k, count), "records": b - a,
-                          "ranges": ranges})
+                          "ranges": ranges, "summaries": summaries})
     return plan, tasks, bad
 
 
@@ -639,8 +686,17 @@ class _WriteShard(beam.DoFn):
         moments = _Moments()
         signal = 0
         written = 0
+        training = task["split"] == "training"
         with self.files.open_write(_join(self.staging, task["path"])) as out:
-            for path, start, end in task["ranges"]:
+            for (path, start, end), summary in zip(task["ranges"], task["summaries"],
+                                                   strict=True):
+                if summary is not None:  # a whole piece: its summary is known, just copy
+                    self.files.copy_range(path, start, end, out)
+                    signal += summary["signal"]
+                    if training:
+                        moments.merge(_Moments.from_dict(summary["moments"]))
+                    written += (end - start) // records.FRAMED_BYTES
+                    continue
                 with self.files.open_read(path) as f:
                     f.seek(start)
                     data = f.read(end - start)
@@ -652,7 +708,7 @@ class _WriteShard(beam.DoFn):
                 feats, labels = records.decode_examples(framed[:, 12:12 + records.EXAMPLE_BYTES])
                 signal += int((labels == 1).sum())
                 written += labels.shape[0]
-                if task["split"] == "training":
+                if training:
                     moments.add(feats)
         if written != task["records"]:
             raise ConvertError(f"{_MARK}shard {task['path']} got {written} records, planned "
@@ -907,7 +963,7 @@ def convert(source: str, out: str, data_cfg: DataConfig, beam_args: Sequence[str
                                "options; pass --overwrite to rebuild it or choose another --out")
 
     staging = _join(out, f".staging-{uuid.uuid4().hex[:12]}")
-    block_bytes = int(min(256 << 20, max(1 << 20, data_cfg.block_rows * line_bytes)))
+    block_bytes = int(min(256 << 20, max(64 << 10, data_cfg.block_rows * line_bytes)))
     cfg = {"validation_rows": data_cfg.validation_rows, "test_rows": data_cfg.test_rows,
            "shards": wanted["shards"]}
     try:
