@@ -122,8 +122,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline import evaluate
 
     metrics = evaluate.evaluate(cfg, args.data, args.run, published=args.published)
+    base = metrics.get("baseline")
+    base_auc = f"{base['auc']:.4f}" if base else "off"
     print(f"wrote {args.run}/report — AUC {metrics['auc']:.4f} "
-          f"(95% CI {metrics['auc_ci95'][0]:.4f}–{metrics['auc_ci95'][1]:.4f}), "
+          f"(95% CI {metrics['auc_ci95'][0]:.4f}–{metrics['auc_ci95'][1]:.4f}, "
+          f"Keras estimate {metrics['keras_auc']:.4f}), BDT baseline {base_auc}, "
           f"blessed: {metrics.get('blessed')}")
     return 0
 
