@@ -16,6 +16,8 @@ import json
 import signal
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -83,6 +85,12 @@ def _cron_schedules(deployment: dict) -> list[tuple[str, str, bool]]:
             for s in deployment["schedules"]]
 
 
+def _next_monday_3am_utc(now: datetime) -> datetime:
+    start = now.astimezone(UTC).replace(hour=3, minute=0, second=0, microsecond=0)
+    start += timedelta(days=(0 - start.weekday()) % 7)
+    return start if start > now else start + timedelta(days=7)
+
+
 def test_prefect_yaml_deploys_all_three_with_the_weekly_retrain_schedule(server, deployed):
     assert all(deployed[name] is not None for name in NAMES)
     assert {d["work_pool_name"] for d in deployed.values()} == {"local"}
@@ -93,6 +101,18 @@ def test_prefect_yaml_deploys_all_three_with_the_weekly_retrain_schedule(server,
     assert deployed["higgs/sample"]["schedules"] == []
     assert deployed["higgs/retrain"]["parameter_openapi_schema"]["properties"]["preset"]["enum"] == \
         ["sample", "full"]
+    # The server's scheduler turns the cron into runs: the next one is Monday 03:00 UTC.
+    deadline = time.monotonic() + 120
+    runs: list = []
+    while not runs and time.monotonic() < deadline:
+        runs = api(server.api_url, "POST", "/flow_runs/filter",
+                   {"deployments": {"id": {"any_": [deployed["higgs/retrain"]["id"]]}},
+                    "sort": "EXPECTED_START_TIME_ASC", "limit": 3})
+        time.sleep(1)
+    assert runs, f"no scheduled retrain runs; server log:\n{_tail(server.log_path)}"
+    assert runs[0]["state"]["name"] == "Scheduled"
+    first = datetime.fromisoformat(runs[0]["expected_start_time"])
+    assert first == _next_monday_3am_utc(datetime.now(UTC))
 
 
 def test_served_sample_deployment_runs_to_completion_and_publishes(server, served, tmp_path):

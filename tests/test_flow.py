@@ -176,3 +176,25 @@ def test_flow_sample_run_publishes_and_creates_artifacts(harness, tmp_path):
     again = flowmod.higgs(**params, run_id="second", return_state=True)
     assert again.is_completed(), again.message
     assert again.result()["conversion_reused"] is True
+
+
+def test_train_retries_a_crashed_worker_but_not_a_bad_config():
+    from prefect.states import Failed
+
+    from pipeline.train import TrainError
+
+    crashed = Failed(data=TrainError("worker 1 of the local cluster exited with code -9"))
+    assert flowmod._retry_training(None, None, crashed) is True
+    assert flowmod._retry_training(None, None, Failed(data=ConfigError("train.epochs must be…"))) is False
+
+
+def test_make_run_reads_report_and_model_from_the_link_artifact():
+    from flows.local_run import RunOutcome
+
+    model = "runs/20261121-083000-sample/model"
+    link = {"key": "higgs-model", "type": "markdown",
+            "data": f"[{model}](file:///repo/{model})"}
+    outcome = RunOutcome("id", "Completed", "", 1.0, artifacts={"higgs-model": link})
+    assert outcome.model == model
+    assert outcome.report == "runs/20261121-083000-sample/report/report.md"
+    assert RunOutcome("id", "Failed", "x", 1.0).report is None
