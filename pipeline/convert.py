@@ -2,7 +2,8 @@
 
     higgs convert --source data/sources/sample.csv.gz --out data/sample
     higgs convert --source gs://b/HIGGS.csv.gz --out gs://b/data/full --runner DataflowRunner \\
-        --project P --region R --temp_location gs://b/tmp --setup_file ./setup.py
+        --project P --region R --temp_location gs://b/tmp --sdk_container_image IMAGE
+        (workers need this package: the project image, or --setup_file; see pipeline.dataflow)
 
 How it is fast (see ``benchmarks/convert.py`` for the figures):
 
@@ -978,12 +979,10 @@ def convert(source: str, out: str, data_cfg: DataConfig, beam_args: Sequence[str
                             block_bytes, wanted, time.monotonic() - started)
     except Exception as exc:
         _discard(files, staging)
-        if isinstance(exc, ConvertError):
-            raise
-        line = _error_line(exc)
-        if line is None:
-            raise
-        raise ConvertError(line) from None
+        line = _error_line(exc)  # raised in a DoFn: marked, maybe wrapped by the runner
+        if line is not None:
+            raise ConvertError(line) from None
+        raise
     return ConvertResult(out, manifest, False, metrics)
 
 

@@ -362,6 +362,7 @@ def test_file_errors_fail_with_one_line_before_publishing(tmp_path: Path, kind: 
     with pytest.raises(convert.ConvertError) as err:
         convert.convert(str(src), str(out), _cfg())
     assert expect in str(err.value) and "\n" not in str(err.value)
+    assert str(err.value).startswith(("source ", str(src))) and "[higgs" not in str(err.value)
     assert not (out / "manifest.json").exists()
     leftovers = [p for p in out.rglob("*")] if out.exists() else []
     assert leftovers == []
