@@ -1057,8 +1057,21 @@ def _publish(files: _Files, out: str, staging: str, result: dict[str, Any],
         "seconds": round(seconds, 3),
     }
     files.delete_tree(staging)
+    _remove_stale_staging(files, out)
     files.write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
     return manifest
+
+
+def _remove_stale_staging(files: _Files, out: str) -> None:
+    """Delete ``.staging-*`` left by killed runs (two runs into one DATA are not supported)."""
+    if storage.is_gcs(out):
+        base = out.rstrip("/") + "/"
+        stale = {base + path[len(base):].split("/", 1)[0] for path in files.list(base + ".staging-")}
+    else:
+        stale = set(globlib.glob(os.path.join(globlib.escape(out), ".staging-*")))
+    for path in sorted(stale):
+        log.info("removing %s left by an earlier, interrupted run", path)
+        files.delete_tree(path)
 
 
 __all__ = ["BAD_KINDS", "CONVERTER_VERSION", "ConvertError", "ConvertResult", "CsvToTFRecords",

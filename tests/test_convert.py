@@ -374,7 +374,11 @@ def test_file_errors_fail_with_one_line_before_publishing(tmp_path: Path, kind: 
 def test_rerun_is_a_noop_and_overwrite_rebuilds(tmp_path: Path) -> None:
     src = _write_lines(tmp_path / "s.csv.gz", _good_lines(600))
     out = str(tmp_path / "data")
+    stale = tmp_path / "data" / ".staging-0123456789ab" / "_pieces" / "p00000-l000000000000.rec"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"left by a killed run")
     first = convert.convert(str(src), out, _cfg())
+    assert [p.name for p in (tmp_path / "data").iterdir() if p.name.startswith(".")] == []
     assert not first.skipped
     before = _shard_bytes(out)
     again = convert.convert(str(src), out, _cfg())

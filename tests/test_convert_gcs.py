@@ -30,6 +30,7 @@ def test_gs_source_to_gs_dataset_matches_local(gcs_bucket: str, small_dataset: s
     source = f"gs://{gcs_bucket}/sources/HIGGS.csv.gz"
     storage.write_bytes(source, local_source.read_bytes())
     out = f"gs://{gcs_bucket}/data/sample"
+    storage.write_bytes(f"{out}/.staging-0123456789ab/_pieces/p0.rec", b"left by a killed run")
 
     result = convert.convert(source, out, _cfg())
     assert not result.skipped
