@@ -38,6 +38,7 @@ options, passed through untouched.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import datetime
 import fnmatch
@@ -247,17 +248,20 @@ def _isal_errors() -> tuple[type[BaseException], ...]:
     return (EOFError, OSError, IsalError)
 
 
-def _open_text(files: _Files, path: str) -> BinaryIO:
+@contextlib.contextmanager
+def _open_text(files: _Files, path: str) -> Iterator[BinaryIO]:
     """Open a part as a binary stream of CSV text (gunzipped by ISA-L in its own thread)."""
     from isal import igzip_threaded
 
-    raw = files.open_read(path)
-    magic = raw.read(2)
-    raw.seek(0)
-    if magic == _GZIP_MAGIC:
+    with files.open_read(path) as raw:  # the gzip reader does not close a file it was handed
+        magic = raw.read(2)
+        raw.seek(0)
+        if magic != _GZIP_MAGIC:
+            yield raw
+            return
         # The decompressor thread runs ahead of the parser (ISA-L releases the GIL).
-        return igzip_threaded.open(raw, "rb", threads=1)
-    return raw
+        with igzip_threaded.open(raw, "rb", threads=1) as stream:
+            yield stream
 
 
 def _read_options(use_threads: bool = True) -> Any:
