@@ -115,8 +115,8 @@ def make_dataset(
         tf.data.TFRecordDataset,
         # Not training: one file after the other, so a pass yields the records in file order.
         cycle_length=min(CYCLE_LENGTH, len(paths)) if training else 1,
-        num_parallel_calls=tf.data.AUTOTUNE if remote else None,
-        deterministic=deterministic or not training,
+        **({"num_parallel_calls": tf.data.AUTOTUNE, "deterministic": deterministic or not training}
+           if remote else {}),
     )
     if pipelines > 1 and not by_file:
         # Fewer files than pipelines: every pipeline reads all files, keeps every n-th record.

@@ -183,7 +183,7 @@ def estimate(cfg: Config, data: str, *, min_seconds: float = 3.0, max_steps: int
     gbs = inputs.global_batch_size(cfg, replicas)
     steps = cfg.train.steps_per_epoch or inputs.steps_for(manifest, "training", gbs)
     val_steps = cfg.train.validation_steps or inputs.steps_for(manifest, "validation", gbs)
-    model = _compiled_model(cfg, strategy, steps)
+    model = compiled_model(cfg, strategy, steps)
     spe = cfg.train.steps_per_execution
     train_ds = inputs.distributed_dataset(strategy, data, "training", cfg, True, manifest=manifest)
     timer = _StepTimer(min_seconds=min_seconds, max_steps=max_steps)
@@ -241,8 +241,17 @@ def resolve_precision(mixed_precision: str, strategy: tf.distribute.Strategy) ->
     return "mixed_float16" if tf.config.list_logical_devices("GPU") else "float32"
 
 
-def _compiled_model(cfg: Config, strategy: tf.distribute.Strategy, steps_per_epoch: int) -> Any:
-    """Build and compile the model and optimizer inside ``strategy.scope()``."""
+def compiled_model(cfg: Config, strategy: tf.distribute.Strategy, steps_per_epoch: int) -> Any:
+    """Build and compile the model and optimizer inside ``strategy.scope()``.
+
+    Args:
+        cfg: resolved config (``model``; ``train`` optimizer, precision, XLA, steps_per_execution).
+        strategy: the run's strategy (its hardware picks the ``auto`` precision).
+        steps_per_epoch: global optimizer steps per epoch (for learning-rate schedules).
+
+    Returns:
+        The compiled ``keras.Model`` (loss binary cross-entropy, metrics ``auc``, ``accuracy``).
+    """
     from pipeline import optim
     from pipeline.model import build_wide_and_deep
 
@@ -286,7 +295,7 @@ def _train_here(cfg: Config, data: str, run_dir: Path) -> TrainResult:
         out.mkdir(parents=True, exist_ok=True)
         if chief:
             write_config(cfg, out / "config.yaml")
-        model = _compiled_model(cfg, strategy, steps)
+        model = compiled_model(cfg, strategy, steps)
         train_ds = inputs.distributed_dataset(strategy, data, "training", cfg, True, manifest=manifest)
         # Repeated + full batches: every replica sees the same number of validation steps,
         # and Keras starts a fresh iterator per evaluation, so each epoch sees the same rows.
