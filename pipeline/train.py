@@ -269,8 +269,11 @@ def compiled_model(cfg: Config, strategy: tf.distribute.Strategy, steps_per_epoc
             steps_per_execution=cfg.train.steps_per_execution,
             jit_compile=cfg.train.jit_compile,
         )
-    log.info("model: %d parameters, dtype policy %s, jit_compile=%s, steps_per_execution=%d",
-             model.count_params(), precision, cfg.train.jit_compile, cfg.train.steps_per_execution)
+    import tensorflow as tf
+
+    log.info("model: %d parameters, dtype policy %s, jit_compile=%s, steps_per_execution=%d "
+             "(TensorFlow %s, tf_keras %s)", model.count_params(), precision, cfg.train.jit_compile,
+             cfg.train.steps_per_execution, tf.__version__, keras.__version__)
     return model
 
 
