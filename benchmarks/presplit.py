@@ -7,7 +7,8 @@ Converts the same generated HIGGS-format source three ways with the real convert
 (``pipeline.convert``) on Beam's DirectRunner in ``multi_processing`` mode:
 
 * ``single``: the one ``.csv.gz`` with W worker processes (the read stage is one element: one
-  process reads, parses, encodes and writes everything);
+  process reads, parses, encodes and writes everything), and with 1 worker (``single_w1``) —
+  equal times mean the extra workers had nothing to do;
 * ``split``: ``pipeline.presplit`` into P gzip parts (timed), then the parts with W workers;
 * ``parts_w1``: the parts with one worker — the per-worker conversion rate ``r_w``.
 
@@ -20,6 +21,7 @@ machine may be shared: treat absolute figures as indicative and rerun for stable
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -56,13 +58,16 @@ def main() -> None:
         source = work / "higgs.csv.gz"
         if not source.exists():
             synth.write_csv(source, rows=args.rows, seed=5)
+        load_before = os.getloadavg()[0]
         single_s = _convert(str(source), work / "single", args.workers)
+        single_w1_s = _convert(str(source), work / "single1", 1)
         start = time.perf_counter()
         shutil.rmtree(work / "parts", ignore_errors=True)
         result = presplit.presplit(str(source), str(work / "parts"), args.parts)
         presplit_s = time.perf_counter() - start
         parts_s = _convert(result.glob, work / "split", args.workers)
         parts_w1_s = _convert(result.glob, work / "split1", 1)
+        load_after = os.getloadavg()[0]
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -71,10 +76,13 @@ def main() -> None:
     r_split, r_w = n / presplit_s, n / parts_w1_s
     # The model with parts = workers (what runtime.presplit_parts should be set to).
     predict = {w: 1 / (r_w / r_split + 1 / w) for w in (16, 32)}
-    print(f"single .gz, {args.workers} workers: {single_s:.1f} s; presplit into {len(result.parts)} parts: "
+    print(f"load average {load_before:.1f} → {load_after:.1f} on {os.cpu_count()} cores (shared)")
+    print(f"single .gz, {args.workers} workers: {single_s:.1f} s, 1 worker: {single_w1_s:.1f} s; "
+          f"presplit into {len(result.parts)} parts: "
           f"{presplit_s:.1f} s; parts, {args.workers} workers: {parts_s:.1f} s; parts, 1 worker: "
           f"{parts_w1_s:.1f} s")
     print(f"rows={n} workers={args.workers} parts={len(result.parts)} single_s={single_s:.2f} "
+          f"single_w1_s={single_w1_s:.2f} load={load_before:.1f} "
           f"presplit_s={presplit_s:.2f} parts_s={parts_s:.2f} parts_w1_s={parts_w1_s:.2f} "
           f"r_split_rows_s={r_split:.0f} r_worker_rows_s={r_w:.0f} "
           f"model_speedup_w16={predict[16]:.1f} model_speedup_w32={predict[32]:.1f} "
