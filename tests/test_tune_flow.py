@@ -41,6 +41,8 @@ def test_higgs_tune_flow_runs_each_trial_as_a_prefect_task(small_dataset, tmp_pa
         runs = asyncio.run(task_runs())
     trial_runs = [r for r in runs if r.name.startswith("tune-trial")]
     assert len(trial_runs) == 2 and all(r.state.is_completed() for r in trial_runs)
+    first, second = sorted(trial_runs, key=lambda r: r.start_time)
+    assert second.start_time < first.end_time  # the batch's two trials ran at the same time
     assert summary["trials"] == 2 and 0.0 < summary["best_value"] <= 1.0
     trials = json.loads((out / "trials.json").read_text())
     assert {t["params"]["units"] for t in trials} <= {8, 16}
