@@ -228,11 +228,15 @@ def _data_section(data: str, manifest: Mapping[str, Any]) -> list[str]:
         "## Data", "",
         f"- dataset: `{data}`",
         f"- source: `{src.get('uri', '—')}` ({src.get('bytes', 0):,} bytes, checksum `{checksum}`)",
-        f"- bad rows dropped by the converter: {manifest.get('bad_rows', 0):,}", "",
-        "| split | rows | shards |", "|---|---:|---:|",
+        f"- bad rows dropped by the converter: {manifest.get('bad_rows', 0):,}{_by_kind(manifest)}",
+        "",
+        "| split | rows | signal fraction | shards |", "|---|---:|---:|---:|",
     ]
+    fractions = manifest.get("signal_fraction") or {}
     for split, n in rows.items():
-        lines.append(f"| {split} | {int(n):,} | {len(manifest.get('shards', {}).get(split, []))} |")
+        frac = fractions.get(split) if isinstance(fractions, Mapping) else None
+        lines.append(f"| {split} | {int(n):,} | {_pct(frac, 1) if frac is not None else '—'} | "
+                     f"{len(manifest.get('shards', {}).get(split, []))} |")
     stats = _feature_stats(manifest)
     if stats:
         cols = [c for c in ("mean", "std", "min", "max") if any(c in s for s in stats.values())]
@@ -242,6 +246,13 @@ def _data_section(data: str, manifest: Mapping[str, Any]) -> list[str]:
             lines.append(f"| {name} | " + " | ".join(_f(s.get(c)) for c in cols) + " |")
         lines += ["", "</details>"]
     return [*lines, ""]
+
+
+def _by_kind(manifest: Mapping[str, Any]) -> str:
+    kinds = manifest.get("bad_rows_by_kind")
+    if not isinstance(kinds, Mapping) or not any(kinds.values()):
+        return ""
+    return " (" + ", ".join(f"{k}: {v:,}" for k, v in kinds.items() if v) + ")"
 
 
 def _feature_stats(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

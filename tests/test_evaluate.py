@@ -39,9 +39,13 @@ def write_dataset(root: Path, seed: int = 0) -> tuple[Path, dict[str, tuple[np.n
             rel = f"{split}/part-{k:05d}-of-00002{schema.SHARD_SUFFIX}"
             (root / rel).write_bytes(records.frame_records(records.encode_examples(x[part], y[part])))
             shards[split].append({"path": rel, "records": len(part)})
+    x_train = arrays["training"][0]
     manifest = {"rows": dict(ROWS), "bad_rows": 3, "features": list(schema.FEATURES),
                 "source": {"uri": "generated:test", "bytes": 12345, "sha256": "0" * 64},
-                "shards": shards}
+                "shards": shards, "bad_rows_by_kind": {"columns": 2, "non_numeric": 1, "label": 0},
+                "signal_fraction": {s: float(a[1].mean()) for s, a in arrays.items()},
+                "feature_stats": {n: {"mean": float(x_train[:, i].mean()), "std": float(x_train[:, i].std())}
+                                  for i, n in enumerate(schema.FEATURES)}}
     (root / schema.MANIFEST_NAME).write_text(json.dumps(manifest))
     return root, arrays
 
@@ -126,7 +130,7 @@ def test_baseline_is_trained_and_scored_on_same_rows(evaluated) -> None:
 def test_report_files_and_pngs(evaluated) -> None:
     from PIL import Image
 
-    result, (_cfg, _data, run, _arrays, _model) = evaluated
+    result, (_cfg, _data, run, arrays, _model) = evaluated
     out = run / "report"
     for name in ("roc.png", "scores.png", "history.png"):
         with Image.open(out / name) as img:
@@ -137,8 +141,10 @@ def test_report_files_and_pngs(evaluated) -> None:
     for heading in ("## Data", "## Configuration", "## Training history",
                     "## Metrics: deep model vs BDT baseline", "## Blessing", "## Export"):
         assert heading in md, heading
-    assert f"| test | {ROWS['test']:,} | 2 |" in md
-    assert "bad rows dropped by the converter: 3" in md
+    test_fraction = float(arrays["test"][1].mean())
+    assert f"| test | {ROWS['test']:,} | {100 * test_fraction:.1f}% | 2 |" in md
+    assert "bad rows dropped by the converter: 3 (columns: 2, non_numeric: 1)" in md
+    assert "| m_wwbb | " in md  # per-feature statistics table
     assert f"**{result['auc']:.4f}**" in md and f"{result['baseline']['auc']:.4f}" in md
     assert md.count("\n| 3 |") == 1  # three epochs in the history table
     assert "statistically loose" in md  # ~1.5 background events pass at 99.9% rejection
