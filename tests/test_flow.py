@@ -9,6 +9,11 @@ through the flow's own ``overrides`` parameter.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -146,8 +151,9 @@ def test_flow_missing_source_fails_with_one_line_and_publishes_nothing(harness, 
 
 
 @pytest.mark.slow
-def test_flow_sample_run_publishes_and_creates_artifacts(harness, tmp_path):
-    """The whole flow on a small generated sample; then a second run reuses the conversion."""
+def test_flow_sample_run_publishes_and_creates_artifacts(harness, tmp_path, caplog):
+    """The whole flow on a small generated sample; a second run reuses the conversion and
+    resumes a training of the same run id that was killed after its first epoch."""
     params = dict(preset="sample", source="", data_dir=str(tmp_path / "data"),
                   runs_root=str(tmp_path / "runs"), publish_to=str(tmp_path / "runs"), overrides=SMALL)
     state = flowmod.higgs(**params, run_id="first", return_state=True)
@@ -173,9 +179,41 @@ def test_flow_sample_run_publishes_and_creates_artifacts(harness, tmp_path):
     assert sum(r["rows"] for r in table) == 20000
     assert arts[flowmod.ARTIFACT_MODEL]["data"] == f"[{run / 'model'}]({(run / 'model').as_uri()})"
 
-    again = flowmod.higgs(**params, run_id="second", return_state=True)
+    # An earlier attempt of run "second" was killed mid-training (like a preempted machine).
+    second = tmp_path / "runs" / "second"
+    _killed_after_first_epoch(["--data", summary_data(tmp_path), "--out", str(second), "--preset", "sample",
+                               "--epochs", "4", *[a for o in SMALL for a in ("--set", o)]], second)
+    caplog.set_level("INFO", logger="pipeline.train")
+    again = flowmod.higgs(**params, epochs=4, run_id="second", return_state=True)
     assert again.is_completed(), again.message
     assert again.result()["conversion_reused"] is True
+    assert "resumed from the backup at epoch" in caplog.text
+    assert "epoch 1/4" not in caplog.text  # the killed attempt's epoch was not trained again
+    assert json.loads((second / "history.json").read_text())["epoch"] == [0, 1, 2, 3]
+
+
+def summary_data(tmp_path: Path) -> str:
+    """The dataset directory the flow derived for the small generated sample."""
+    from pipeline import chain
+
+    cfg = flowmod.flow_config("sample", source="", overrides=SMALL)
+    return str(tmp_path / "data" / chain.dataset_name(cfg))
+
+
+def _killed_after_first_epoch(train_args: list[str], run: Path) -> None:
+    """Run ``higgs train`` and SIGKILL it as soon as its first epoch is recorded."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "train", *train_args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    try:
+        while not (run / "history.json").is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    done = len(json.loads((run / "history.json").read_text())["epoch"])
+    assert 1 <= done < 4 and (run / "checkpoints" / "backup").is_dir()
 
 
 def test_train_retries_a_crashed_worker_but_not_a_bad_config():
