@@ -648,12 +648,18 @@ class _Moments:
     def add(self, x: np.ndarray) -> None:
         if x.shape[0] == 0:
             return
-        x = x.astype(np.float64)
         other = _Moments(x.shape[1])
         other.n = x.shape[0]
-        other.mean = x.mean(axis=0)
-        other.m2 = ((x - other.mean) ** 2).sum(axis=0)
-        other.min, other.max = x.min(axis=0), x.max(axis=0)
+        # float64 accumulators over the float32 block, without a float64 copy of it; the
+        # deviations from the float32-rounded mean are corrected exactly for the rounding.
+        other.mean = x.mean(axis=0, dtype=np.float64)
+        mean32 = other.mean.astype(x.dtype)
+        dev = x - mean32
+        np.square(dev, out=dev)
+        shift = other.mean - mean32.astype(np.float64)
+        other.m2 = np.maximum(dev.sum(axis=0, dtype=np.float64) - other.n * shift**2, 0.0)
+        other.min = x.min(axis=0).astype(np.float64)
+        other.max = x.max(axis=0).astype(np.float64)
         self.merge(other)
 
     def merge(self, other: _Moments) -> None:
