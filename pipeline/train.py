@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 HISTORY_KEYS = ("epoch", "loss", "auc", "accuracy", "val_loss", "val_auc", "val_accuracy", "lr")
 MODEL_FILE = "model.keras"
 BEST_FILE = "best_model.keras"
+ESTIMATE_MAX_SPE = 4  # steps_per_execution used by estimate() (see there)
 
 
 class TrainError(PipelineError):
@@ -177,8 +178,17 @@ def estimate(cfg: Config, data: str, *, min_seconds: float = 3.0, max_steps: int
         note = (f"note: timed in one process; --workers {cfg.train.workers} on one machine shares its "
                 "cores, on separate machines each worker runs about this fast per replica")
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, workers=1, strategy="auto"))
+    if cfg.train.steps_per_execution > ESTIMATE_MAX_SPE:
+        # The first execution is the warm-up and two more are timed: with 32 steps each a big
+        # model on a CPU would take minutes before the first figure.
+        note = "\n".join(filter(None, [note, (
+            f"note: timed with steps_per_execution={ESTIMATE_MAX_SPE} instead of "
+            f"{cfg.train.steps_per_execution}; the run itself may be a little faster per step")]))
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
+                                                                 steps_per_execution=ESTIMATE_MAX_SPE))
     strategy = strategy_lib.make_strategy(cfg.train)  # before any other TensorFlow op
     from pipeline import inputs
+
     replicas = strategy.num_replicas_in_sync
     gbs = inputs.global_batch_size(cfg, replicas)
     steps = cfg.train.steps_per_epoch or inputs.steps_for(manifest, "training", gbs)
@@ -192,7 +202,7 @@ def estimate(cfg: Config, data: str, *, min_seconds: float = 3.0, max_steps: int
               callbacks=[timer], verbose=0)
     val_ds = inputs.distributed_dataset(strategy, data, "validation", cfg, False, manifest=manifest,
                                         repeat=True, drop_remainder=True)
-    k = max(2, min(val_steps, 20))
+    k = max(2, min(val_steps, 5))
     model.evaluate(val_ds, steps=k, verbose=0)  # warm-up: traces and compiles the test step
     start = time.perf_counter()
     model.evaluate(val_ds, steps=k, verbose=0)

@@ -86,6 +86,7 @@ def test_two_workers_train_in_sync_and_the_chief_writes_the_run(small_dataset, t
     history = json.loads((run / "history.json").read_text())
     assert history["epoch"] == [0, 1]
     assert not list(worker_tmp.glob("higgs-worker*"))
+    assert not list(run.rglob("workertemp*"))  # Keras' per-worker checkpoint copies are gone too
     from pipeline.tfk import keras
     from pipeline.train import weights_digest
 

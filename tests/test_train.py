@@ -189,3 +189,53 @@ def test_killed_run_resumes_at_the_next_epoch(small_dataset, tmp_path):
     assert after["epoch"] == [0, 1, 2, 3]
     assert after["loss"][0] == before["loss"][0]  # the first run's epoch is kept, not retrained
     assert not any((run / "checkpoints" / "backup").iterdir())  # backup removed after success
+
+
+# --- TensorFlow 2.20 (the newest TPU build) --------------------------------------------------
+
+TF220_VENV = ROOT / ".venv-tf220"  # gitignored (.venv-*/), reused between runs
+# Explicit pins for the TensorFlow pair (requirements.lock pins 2.21); the rest are the
+# training path's own imports at the versions the main lock uses.
+TF220_PINS = ["tensorflow==2.20.0", "tf-keras==2.20.1", "tensorboard==2.20.0",
+              "protobuf>=6.33,<6.34", "numpy<2.5", "pyyaml>=6", "google-crc32c>=1.5"]
+
+
+def _tf220_python() -> Path:
+    """Create (once) a side venv with TensorFlow 2.20 + tf_keras 2.20 and this project."""
+    python = TF220_VENV / "bin" / "python"
+    stamp = TF220_VENV / ".installed"
+    wanted = "\n".join(TF220_PINS)
+    if stamp.is_file() and stamp.read_text() == wanted and python.exists():
+        return python
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(TF220_VENV)], check=True)
+    log = TF220_VENV / "install.log"
+    with log.open("w") as out:
+        for args in (TF220_PINS, ["--no-deps", "-e", str(ROOT)]):
+            proc = subprocess.run([str(python), "-m", "pip", "install", "--quiet", *args],
+                                  stdout=out, stderr=subprocess.STDOUT, timeout=1500)
+            assert proc.returncode == 0, f"pip install {args} failed; see {log}"
+    stamp.write_text(wanted)
+    return python
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_training_runs_on_tensorflow_2_20(small_dataset, tmp_path):
+    python = _tf220_python()
+    version = subprocess.run([str(python), "-c", "import tensorflow as tf, tf_keras; "
+                              "print(tf.__version__, tf_keras.__version__)"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert version[0] == "2.20.0" and version[1].startswith("2.20.")
+    run = tmp_path / "run220"
+    cmd = [str(python), "-m", "pipeline.cli", "train", "--data", small_dataset, "--out", str(run),
+           "--preset", "sample", "--epochs", "2", "--set", "train.batch_size_per_replica=128",
+           "--set", "train.steps_per_epoch=20", "--set", "train.steps_per_execution=4"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(TensorFlow 2.20.0, tf_keras 2.20" in proc.stderr
+    history = json.loads((run / "history.json").read_text())
+    assert history["epoch"] == [0, 1] and all(math.isfinite(v) for v in history["val_auc"])
+    # The model written by TensorFlow 2.20 loads in this (2.21) environment.
+    model = _load(str(run / "model" / "model.keras"))
+    assert int(model.optimizer.iterations.numpy()) == 40
