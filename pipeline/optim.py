@@ -202,7 +202,8 @@ def build_optimizer(train_cfg: TrainConfig, steps_per_epoch: int) -> keras.optim
         "clipvalue": t.clipvalue,
         "global_clipnorm": t.global_clipnorm,
         "weight_decay": t.weight_decay or None,
-        # XLA for the update step only where asked for (DESIGN: "auto" is off on CPU).
+        # XLA for the update step only where asked for (DESIGN: "auto" is off on CPU); Keras
+        # itself keeps optimizer XLA off unless a GPU is visible.
         "jit_compile": t.jit_compile,
     }
     opt = keras.optimizers
