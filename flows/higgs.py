@@ -10,9 +10,10 @@ orchestrator adds:
 
 - **retries only where they help**: the source download and the publish upload retry with
   exponential backoff (only for remote locations — a missing local file fails at once with
-  its one-line message); training retries once and *resumes* from its BackupAndRestore
-  checkpoint because the run directory is fixed before the task starts. Other errors a user
-  must fix (:class:`~pipeline.errors.PipelineError`) are not retried.
+  its one-line message); training retries once after a crash (a failed worker) and
+  *resumes* from its BackupAndRestore checkpoint because the run directory is fixed before
+  the task starts. Other errors a user must fix (:class:`~pipeline.errors.PipelineError`)
+  are not retried.
 - **conversion cache**: the converter itself skips a dataset already built from the same
   source fingerprint and options; the task logs "reused" (no Prefect result cache, which
   would not know when the files on disk change).
@@ -295,23 +296,23 @@ def higgs(
     try:
         cfg = flow_config(preset, source, data_dir, runs_root, publish_to, runner, strategy, workers,
                           epochs, overrides)
-        _attach_library_logs(cfg.runtime.log_level)
         # Fixed before any task runs: a retried train task (or a retried flow run, which keeps
         # its scheduled start time) finds the same run directory and resumes from its checkpoint.
         paths = chain.default_paths(cfg, run_id=run_id or chain.run_id_for(cfg, _scheduled_start()))
         logger.info("run %s (preset %s): data %s, run dir %s, publish to %s", paths.run_id, cfg.preset,
                     paths.data, paths.run_dir, paths.publish_to)
 
-        step = "ensure_source"
-        info = ensure_source(cfg)
-        step = "convert"
-        converted = convert(cfg, info.path, paths.data, list(beam_args or []))
-        step = "train"
-        trained = train(cfg, paths.data, paths.run_dir)
-        step = "evaluate"
-        metrics = evaluate(cfg, paths.data, paths.run_dir, paths.publish_to)
-        step = "publish"
-        published = publish(paths.run_dir, paths.publish_to)
+        with _library_logs(cfg.runtime.log_level):
+            step = "ensure_source"
+            info = ensure_source(cfg)
+            step = "convert"
+            converted = convert(cfg, info.path, paths.data, list(beam_args or []))
+            step = "train"
+            trained = train(cfg, paths.data, paths.run_dir)
+            step = "evaluate"
+            metrics = evaluate(cfg, paths.data, paths.run_dir, paths.publish_to)
+            step = "publish"
+            published = publish(paths.run_dir, paths.publish_to)
     except PipelineError as exc:
         message = f"{step} failed: {exc}"
         logger.error(message)
@@ -339,22 +340,34 @@ def _scheduled_start() -> datetime | None:
     return when if isinstance(when, datetime) else None
 
 
-def _attach_library_logs(level: str) -> None:
-    """Send the library's, Beam's and TensorFlow's log records to this run's logs.
+@contextmanager
+def _library_logs(level: str) -> Iterator[None]:
+    """Send the library's, Beam's and TensorFlow's log records to this run's logs meanwhile.
 
     Prefect does the same for ``PREFECT_LOGGING_EXTRA_LOGGERS``, but only when that is set
     before Prefect configures logging; doing it here works for every way the flow is started
-    (served, a worker, the test harness, a plain call).
+    (served, a worker, the test harness, a plain call). Handlers and levels are restored on
+    exit, so library code running later in the same process, outside any flow run, does not
+    try to send records to the API.
     """
     handlers = logging.getLogger("prefect.extra").handlers
     base = logging.getLevelName(level.upper())
     base = base if isinstance(base, int) else logging.INFO
+    saved: list[tuple[logging.Logger, int, list[logging.Handler]]] = []
     for name, floor in LIBRARY_LOGGERS.items():
         logger = logging.getLogger(name)
-        for handler in handlers:
-            if handler not in logger.handlers:
-                logger.addHandler(handler)
+        added = [h for h in handlers if h not in logger.handlers]
+        saved.append((logger, logger.level, added))
+        for handler in added:
+            logger.addHandler(handler)
         logger.setLevel(base if floor is None else max(base, logging.getLevelName(floor)))
+    try:
+        yield
+    finally:
+        for logger, old_level, added in saved:
+            for handler in added:
+                logger.removeHandler(handler)
+            logger.setLevel(old_level)
 
 
 def model_link(uri: str) -> str:

@@ -144,6 +144,10 @@ def test_served_sample_deployment_runs_to_completion_and_publishes(server, serve
     latest = tmp_path / "runs" / "latest.json"
     assert latest.is_file() == bool(metrics["blessed"])
     assert set(outcome.task_seconds) == {"ensure_source", "convert", "train", "evaluate", "publish"}
+    # The library's own log records reach the run's logs in the API.
+    logs = api(server.api_url, "POST", "/logs/filter",
+               {"logs": {"flow_run_id": {"any_": [outcome.flow_run_id]}}, "limit": 200})
+    assert {"pipeline.train", "pipeline.evaluate"} <= {rec["name"] for rec in logs}
 
 
 def test_missing_source_run_fails_with_one_line_and_publishes_nothing(server, served, tmp_path):

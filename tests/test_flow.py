@@ -178,6 +178,14 @@ def test_flow_sample_run_publishes_and_creates_artifacts(harness, tmp_path, capl
     assert [r["split"] for r in table] == ["training", "validation", "test"]
     assert sum(r["rows"] for r in table) == 20000
     assert arts[flowmod.ARTIFACT_MODEL]["data"] == f"[{run / 'model'}]({(run / 'model').as_uri()})"
+    names: set[str] = set()
+    deadline = time.monotonic() + 30  # run logs reach the API in batches
+    while not {"pipeline.train", "pipeline.evaluate"} <= names and time.monotonic() < deadline:
+        logs = api(_api_url(), "POST", "/logs/filter",
+                   {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200})
+        names = {rec["name"] for rec in logs}
+        time.sleep(0.5)
+    assert {"pipeline.train", "pipeline.evaluate"} <= names
 
     # An earlier attempt of run "second" was killed mid-training (like a preempted machine).
     second = tmp_path / "runs" / "second"
