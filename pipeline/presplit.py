@@ -176,7 +176,7 @@ def presplit(
     parts: int,
     *,
     level: int = 1,
-    threads: int = 2,
+    threads: int | None = None,
     block_bytes: int = 8 << 20,
 ) -> PresplitResult:
     """Split ``source`` (``.csv.gz`` or ``.csv``) into ``parts`` gzip parts under ``out``.
@@ -186,8 +186,8 @@ def presplit(
         out: local directory or ``gs://`` prefix for ``part-00000.csv.gz`` … and ``_presplit.json``.
         parts: number of parts wanted (≥ 1); about as many as conversion workers, or more.
         level: gzip level of the parts (ISA-L 0–3; 1 = fast, about 2.5× the size of gzip -9).
-        threads: parts compressed and uploaded at the same time (bounds memory too: at most
-            ``threads + 1`` parts are held).
+        threads: parts compressed and uploaded at the same time (default: the CPU count; also
+            bounds memory: at most ``threads + 1`` parts are held).
         block_bytes: uncompressed bytes read at a time (at most; smaller for small parts).
 
     Returns:
@@ -202,6 +202,8 @@ def presplit(
 
     if parts < 1:
         raise PresplitError(f"parts must be at least 1, got {parts}")
+    # Compression is the parallel half of the pass; gunzip stays on the reading thread.
+    threads = threads or max(1, os.cpu_count() or 1)
     if not 0 <= level <= 3:
         raise PresplitError(f"level must be an ISA-L gzip level 0–3, got {level}")
     try:
@@ -294,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out")
     parser.add_argument("--parts", type=int, required=True)
     parser.add_argument("--level", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="default: the CPU count")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
