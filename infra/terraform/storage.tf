@@ -70,3 +70,15 @@ resource "google_storage_bucket_iam_member" "object_users" {
   role   = "roles/storage.objectUser"
   member = "serviceAccount:${each.value}"
 }
+
+# storage.buckets.get on this bucket only: Beam and Dataflow look the temp/staging bucket up
+# before a job starts (objectUser alone covers objects, not the bucket's metadata).
+resource "google_storage_bucket_iam_member" "bucket_readers" {
+  for_each = {
+    flow   = google_service_account.flow.email
+    worker = google_service_account.worker.email
+  }
+  bucket = google_storage_bucket.higgs.name
+  role   = "roles/storage.legacyBucketReader"
+  member = "serviceAccount:${each.value}"
+}
