@@ -970,8 +970,10 @@ def convert(source: str, out: str, data_cfg: DataConfig, beam_args: Sequence[str
             log.info("%s is complete for this source and options; nothing to do", out)
             return ConvertResult(out, old, True)
         if not overwrite:
-            raise ConvertError(f"{out} already holds a dataset built from another source or "
-                               "options; pass --overwrite to rebuild it or choose another --out")
+            what = ("a dataset built from another source or options" if old is not None
+                    else "an unreadable manifest")
+            raise ConvertError(f"{out} already holds {what}; pass --overwrite to rebuild it or "
+                               "choose another --out")
 
     staging = _join(out, f".staging-{uuid.uuid4().hex[:12]}")
     block_bytes = int(min(256 << 20, max(64 << 10, data_cfg.block_rows * line_bytes)))
