@@ -594,8 +594,9 @@ def plan_shards(pieces: Sequence[dict[str, Any]], parts: Sequence[tuple[int, int
         cfg: ``validation_rows``, ``test_rows`` and ``shards`` ({split: count}).
 
     Returns:
-        ``(plan, tasks, bad)``: the split plan; one task per shard ``{split, index, count,
-        path, records, ranges: [(piece path, byte start, byte end)], summaries: [the piece's
+        ``(plan, tasks, bad)``: the split plan; the tasks: one per shard ``{kind: "shard",
+        split, index, count, path, records, ranges: [(piece path, byte start, byte end)]}``
+        and one per split ``{kind: "stats", split, records, ranges, summaries: [the piece's
         summary where the range is the whole piece, else None]}``; bad rows as
         ``(1-based global line, kind, text)`` sorted by line.
     """
@@ -611,27 +612,36 @@ def plan_shards(pieces: Sequence[dict[str, Any]], parts: Sequence[tuple[int, int
     for meta in ordered:
         starts.append(acc)
         acc += meta["records"]
-    tasks = []
+    def cut(a: int, b: int) -> tuple[list[tuple[str, int, int]], list[dict[str, Any] | None]]:
+        """Byte ranges of pieces holding records [a, b), and summaries of whole pieces."""
+        ranges, summaries = [], []
+        first = max(0, bisect.bisect_right(starts, a) - 1)
+        for meta, start in zip(ordered[first:], starts[first:], strict=True):
+            if start >= b:
+                break
+            r0, r1 = max(a, start), min(b, start + meta["records"])
+            if r1 > r0:
+                ranges.append((meta["path"], (r0 - start) * records.FRAMED_BYTES,
+                               (r1 - start) * records.FRAMED_BYTES))
+                whole = r1 - r0 == meta["records"] and "moments" in meta
+                summaries.append({"signal": meta["signal"], "moments": meta["moments"]}
+                                 if whole else None)
+        return ranges, summaries
+
+    tasks: list[dict[str, Any]] = []
     for split in schema.SPLITS:
         lo, hi = plan.records[split]
         count = max(1, min(cfg["shards"][split], hi - lo))
         for k in range(count):
             a, b = lo + (hi - lo) * k // count, lo + (hi - lo) * (k + 1) // count
-            ranges, summaries = [], []
-            first = max(0, bisect.bisect_right(starts, a) - 1)
-            for meta, start in zip(ordered[first:], starts[first:], strict=True):
-                if start >= b:
-                    break
-                r0, r1 = max(a, start), min(b, start + meta["records"])
-                if r1 > r0:
-                    ranges.append((meta["path"], (r0 - start) * records.FRAMED_BYTES,
-                                   (r1 - start) * records.FRAMED_BYTES))
-                    whole = r1 - r0 == meta["records"] and "moments" in meta
-                    summaries.append({"signal": meta["signal"], "moments": meta["moments"]}
-                                     if whole else None)
-            tasks.append({"split": split, "index": k, "count": count,
+            tasks.append({"kind": "shard", "split": split, "index": k, "count": count,
                           "path": _shard_name(split, k, count), "records": b - a,
-                          "ranges": ranges, "summaries": summaries})
+                          "ranges": cut(a, b)[0]})
+        # Statistics per split, not per shard: whole pieces bring their summary, so only the
+        # (at most two) pieces cut by a split boundary are read again.
+        ranges, summaries = cut(lo, hi)
+        tasks.append({"kind": "stats", "split": split, "records": hi - lo, "ranges": ranges,
+                      "summaries": summaries})
     return plan, tasks, bad
 
 
@@ -686,46 +696,64 @@ class _Moments:
         return m
 
 
-class _WriteShard(beam.DoFn):
-    """Shard task → the shard file (byte ranges of pieces, concatenated) + its statistics."""
+class _FinishTask(beam.DoFn):
+    """A planned task: write one shard file, or gather one split's statistics.
+
+    A shard is a concatenation of byte ranges of pieces (a kernel copy for local files);
+    its records are not looked at again. A split's statistics merge the summaries of whole
+    pieces and decode only the pieces a split boundary cuts.
+    """
 
     def __init__(self, staging: str, files: _Files):
         self.staging = staging
         self.files = files
 
     def process(self, task: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        moments = _Moments()
-        signal = 0
-        written = 0
-        training = task["split"] == "training"
+        if task["kind"] == "shard":
+            yield self._write_shard(task)
+        else:
+            yield self._split_stats(task)
+
+    def _write_shard(self, task: dict[str, Any]) -> dict[str, Any]:
         with self.files.open_write(_join(self.staging, task["path"])) as out:
-            for (path, start, end), summary in zip(task["ranges"], task["summaries"],
-                                                   strict=True):
-                if summary is not None:  # a whole piece: its summary is known, just copy
-                    self.files.copy_range(path, start, end, out)
-                    signal += summary["signal"]
-                    if training:
-                        moments.merge(_Moments.from_dict(summary["moments"]))
-                    written += (end - start) // records.FRAMED_BYTES
-                    continue
-                with self.files.open_read(path) as f:
-                    f.seek(start)
-                    data = f.read(end - start)
-                if len(data) != end - start:
-                    raise ConvertError(f"{_MARK}staging piece {path} is shorter than written; "
-                                       "rerun the conversion")
-                out.write(data)
-                framed = np.frombuffer(data, np.uint8).reshape(-1, records.FRAMED_BYTES)
-                feats, labels = records.decode_examples(framed[:, 12:12 + records.EXAMPLE_BYTES])
-                signal += int((labels == 1).sum())
-                written += labels.shape[0]
-                if training:
-                    moments.add(feats)
+            for path, start, end in task["ranges"]:
+                self.files.copy_range(path, start, end, out)
+        written = sum(end - start for _, start, end in task["ranges"]) // records.FRAMED_BYTES
         if written != task["records"]:
             raise ConvertError(f"{_MARK}shard {task['path']} got {written} records, planned "
                                f"{task['records']}; rerun the conversion")
-        yield {"split": task["split"], "index": task["index"], "path": task["path"],
-               "records": written, "signal": signal, "moments": moments.to_dict()}
+        return {"kind": "shard", "split": task["split"], "index": task["index"],
+                "path": task["path"], "records": written}
+
+    def _split_stats(self, task: dict[str, Any]) -> dict[str, Any]:
+        moments = _Moments()
+        signal = 0
+        seen = 0
+        training = task["split"] == "training"  # the manifest's feature stats are training's
+        for (path, start, end), summary in zip(task["ranges"], task["summaries"], strict=True):
+            if summary is not None:
+                signal += summary["signal"]
+                if training:
+                    moments.merge(_Moments.from_dict(summary["moments"]))
+                seen += (end - start) // records.FRAMED_BYTES
+                continue
+            with self.files.open_read(path) as f:
+                f.seek(start)
+                data = f.read(end - start)
+            if len(data) != end - start:
+                raise ConvertError(f"{_MARK}staging piece {path} is shorter than written; "
+                                   "rerun the conversion")
+            framed = np.frombuffer(data, np.uint8).reshape(-1, records.FRAMED_BYTES)
+            feats, labels = records.decode_examples(framed[:, 12:12 + records.EXAMPLE_BYTES])
+            signal += int((labels == 1).sum())
+            seen += labels.shape[0]
+            if training:
+                moments.add(feats)
+        if seen != task["records"]:
+            raise ConvertError(f"{_MARK}split {task['split']} has {seen} records, planned "
+                               f"{task['records']}; rerun the conversion")
+        return {"kind": "stats", "split": task["split"], "records": seen, "signal": signal,
+                "moments": moments.to_dict()}
 
 
 def _plan_tasks(_: Any, pieces: list, parts: list, bad: list, cfg: dict) -> Iterator[dict]:
@@ -733,7 +761,7 @@ def _plan_tasks(_: Any, pieces: list, parts: list, bad: list, cfg: dict) -> Iter
     yield from tasks
 
 
-def _write_result(_: Any, shards: list, pieces: list, parts: list, bad: list, cfg: dict,
+def _write_result(_: Any, done: list, pieces: list, parts: list, bad: list, cfg: dict,
                   staging: str, files: _Files) -> None:
     """Last pipeline step: the run's summary (and bad-row report) as files in staging."""
     plan, _, bad_rows = plan_shards(pieces, parts, bad, cfg)
@@ -743,9 +771,12 @@ def _write_result(_: Any, shards: list, pieces: list, parts: list, bad: list, cf
     by_kind = {kind: 0 for kind in BAD_KINDS}
     for _, kind, _ in bad_rows:
         by_kind[kind] += 1
+    order = {split: i for i, split in enumerate(schema.SPLITS)}
     result = {"plan": dataclasses.asdict(plan), "bad_rows_by_kind": by_kind,
               "bad_rows_sample": [list(b) for b in bad_rows[:20]],
-              "shards": sorted(shards, key=lambda s: (schema.SPLITS.index(s["split"]), s["index"]))}
+              "shards": sorted((d for d in done if d["kind"] == "shard"),
+                               key=lambda d: (order[d["split"]], d["index"])),
+              "stats": {d["split"]: d for d in done if d["kind"] == "stats"}}
     files.write_bytes(_join(staging, _RESULT_FILE), json.dumps(result).encode())
 
 
@@ -754,7 +785,7 @@ class CsvToTFRecords(beam.PTransform):
 
     Steps: ReadBlocks (read + parse; dead letter: bad rows) → EncodeAndWritePieces, then
     PlanShards (needs all pieces: the split depends on the total row count) → WriteShards
-    (parallel per shard) → WriteResult.
+    (parallel: one task per shard file and one per split's statistics) → WriteResult.
     """
 
     def __init__(self, staging: str, block_bytes: int, cfg: dict[str, Any], files: _Files,
@@ -775,14 +806,14 @@ class CsvToTFRecords(beam.PTransform):
                 "parts": beam.pvalue.AsList(read[PARTS_TAG]),
                 "bad": beam.pvalue.AsList(read[BAD_TAG])}
         root = parts.pipeline
-        shards = (root
-                  | "PlanSeed" >> beam.Create([None])
-                  | "PlanShards" >> beam.FlatMap(_plan_tasks, cfg=self.cfg, **side)
-                  | "SpreadShards" >> beam.Reshuffle()
-                  | "WriteShards" >> beam.ParDo(_WriteShard(self.staging, self.files)))
+        done = (root
+                | "PlanSeed" >> beam.Create([None])
+                | "PlanShards" >> beam.FlatMap(_plan_tasks, cfg=self.cfg, **side)
+                | "SpreadShards" >> beam.Reshuffle()
+                | "WriteShards" >> beam.ParDo(_FinishTask(self.staging, self.files)))
         return (root
                 | "ResultSeed" >> beam.Create([None])
-                | "WriteResult" >> beam.Map(_write_result, shards=beam.pvalue.AsList(shards),
+                | "WriteResult" >> beam.Map(_write_result, done=beam.pvalue.AsList(done),
                                             cfg=self.cfg, staging=self.staging,
                                             files=self.files, **side))
 
@@ -1034,7 +1065,6 @@ def _publish(files: _Files, out: str, staging: str, result: dict[str, Any],
         files.delete_tree(_join(out, split))
         files.move_tree(_join(staging, split), _join(out, split))
 
-    moments = _Moments()
     rows = {s: 0 for s in schema.SPLITS}
     signal = {s: 0 for s in schema.SPLITS}
     shards: dict[str, list[dict[str, Any]]] = {s: [] for s in schema.SPLITS}
@@ -1042,9 +1072,12 @@ def _publish(files: _Files, out: str, staging: str, result: dict[str, Any],
         split = shard["split"]
         shards[split].append({"path": shard["path"], "records": shard["records"]})
         rows[split] += shard["records"]
-        signal[split] += shard["signal"]
-        if split == "training":
-            moments.merge(_Moments.from_dict(shard["moments"]))
+    for split, stats in result["stats"].items():
+        if stats["records"] != rows[split]:
+            raise ConvertError(f"split {split}: shards hold {rows[split]} records, statistics "
+                               f"saw {stats['records']}; rerun the conversion")
+        signal[split] = stats["signal"]
+    moments = _Moments.from_dict(result["stats"]["training"]["moments"])
     manifest = {
         "rows": rows,
         "bad_rows": bad,

@@ -195,15 +195,20 @@ def test_shard_plan_cuts_pieces_at_exact_record_boundaries() -> None:
                                                             "test": 8}}
     plan, tasks, bad = convert.plan_shards(pieces, [(0, 12), (1, 10)], [], cfg)
     assert plan.lines["training"] == (0, 14) and bad == []
-    by_split = {s: [t for t in tasks if t["split"] == s] for s in schema.SPLITS}
+    by_split = {s: [t for t in tasks if t["split"] == s and t["kind"] == "shard"]
+                for s in schema.SPLITS}
+    stats = {t["split"]: t for t in tasks if t["kind"] == "stats"}
     assert [t["records"] for t in by_split["training"]] == [4, 5, 5]
     assert len(by_split["test"]) == 4  # never more shards than records
     fb = records.FRAMED_BYTES
     assert by_split["training"][1]["ranges"] == [("a", 4 * fb, 7 * fb), ("b", 0, 2 * fb)]
     assert by_split["training"][2]["ranges"] == [("b", 2 * fb, 5 * fb), ("c", 0, 2 * fb)]
     assert by_split["validation"][0]["ranges"] == [("c", 2 * fb, 4 * fb)]
-    covered = sum(e - s for t in tasks for _, s, e in t["ranges"])
+    covered = sum(e - s for t in tasks if t["kind"] == "shard" for _, s, e in t["ranges"])
     assert covered == 22 * fb
+    # statistics: whole pieces by summary only (none here: the pieces carry no summary)
+    assert stats["training"]["ranges"] == [("a", 0, 7 * fb), ("b", 0, 5 * fb), ("c", 0, 2 * fb)]
+    assert stats["training"]["summaries"] == [None, None, None]
 
 
 # --- parsing --------------------------------------------------------------------------------
