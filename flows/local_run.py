@@ -29,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -357,19 +358,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     # This process talks to the server too (to read the outcome): same settings as the children.
     os.environ.update(server.env())
     serving: subprocess.Popen | None = None
+    serve_log = server.home / "serve.log"
+    stop_echo = threading.Event()
+    echo: threading.Thread | None = None
+    summary = ""
     started = time.monotonic()
     try:
         print(f"starting Prefect server on {server.ui_url} (data in {server.home}, log {server.log_path})",
               flush=True)
         server.start()
-        print("serving deployments full, sample, retrain (python -m flows.deployments)", flush=True)
-        serving = start_serving(server.env())
+        print(f"serving deployments full, sample, retrain (python -m flows.deployments, log {serve_log})",
+              flush=True)
+        # The serving process (and the flow runs it starts) write to a file that is echoed here
+        # while this command runs; with --keep-running nothing writes to the terminal afterwards.
+        with open(serve_log, "ab") as log:
+            offset = log.tell()
+            serving = start_serving(server.env(), output=log)
+        echo = threading.Thread(target=_echo, args=(serve_log, offset, stop_echo), daemon=True)
+        echo.start()
         wait_for_deployments(server.api_url, [f"higgs/{n}" for n in ("full", "sample", "retrain")], serving)
         print(f"running: prefect deployment run higgs/{args.deployment} --watch", flush=True)
         code, run_name = run_deployment(server.env(), f"higgs/{args.deployment}", parameters,
                                         timeout=args.timeout, serving=serving)
         outcome = inspect_flow_run(server.api_url, run_name)
-        print(_describe(outcome, server.ui_url, time.monotonic() - started), flush=True)
+        summary = _describe(outcome, server.ui_url, time.monotonic() - started)
         ok = outcome.state == "Completed" and code == 0
     except RuntimeError as exc:
         print(f"make run: error: {exc}", file=sys.stderr)
@@ -378,14 +390,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("make run: interrupted", file=sys.stderr)
         ok = False
     finally:
+        if echo is not None:
+            time.sleep(1.0)  # the run's last log lines, then the summary below them
+            stop_echo.set()
+            echo.join(timeout=5)
+        if summary:
+            print(summary, flush=True)
         if args.keep_running and server.proc is not None:
-            pids = " ".join(str(p.pid) for p in (serving, server.proc) if p is not None)
-            print(f"left running: Prefect UI {server.ui_url} (API {server.api_url}); stop with: kill {pids}")
+            stop = f"kill -INT {serving.pid}; " if serving is not None else ""
+            print(f"left running: Prefect UI {server.ui_url} (API {server.api_url}); "
+                  f"serving log {serve_log}; stop with: {stop}kill {server.proc.pid}")
         else:
             # SIGINT is serve()'s clean shutdown (it pauses the schedules, then exits).
             stop_process(serving, sig=signal.SIGINT)
             server.stop()
     return 0 if ok else 1
+
+
+def _echo(path: Path, offset: int, stop: threading.Event) -> None:
+    """Copy what is appended to ``path`` after ``offset`` to stdout until ``stop`` is set."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while True:
+            chunk = f.read()
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+            elif stop.is_set():
+                return
+            else:
+                time.sleep(0.2)
 
 
 def _describe(outcome: RunOutcome, ui_url: str, wall: float) -> str:
