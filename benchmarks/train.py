@@ -13,8 +13,9 @@ Same model (the ``sample`` preset: 3 blocks × 128 units, batch 512, Adam), same
     ``from_tensor_slices → batch → repeat → prefetch`` — the ideal feed;
 (c) ``spe1`` / ``spe32``: (a) with ``steps_per_execution`` 1 and 32.
 
-Each variant trains a fresh model for a warm-up epoch (tracing, graph building) and then
-``--seconds`` of steps, timed per step with a callback. Without ``--data`` the rows are
+Each variant trains a fresh model for a warm-up epoch (tracing, graph building; by default one
+pass over the rows, which also fills the preset's cache) and then whole epochs until
+``--seconds`` have passed, timed with a callback. Without ``--data`` the rows are
 generated once under ``data/bench/train-<rows>/``. Last line: ``key=value`` pairs with
 ``ratio`` = tfrecord ÷ memory examples/s (target ≥ 0.9) and ``spe_ratio`` = spe32 ÷ spe1. The
 machine is shared with other jobs: the load average is printed, compare figures from one run.
@@ -67,7 +68,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="timed training per variant and round")
     parser.add_argument("--rounds", type=int, default=2,
                         help="rounds over all variants; the best rate of each counts (shared machine)")
-    parser.add_argument("--epoch-steps", type=int, default=64, help="steps per (timed) Keras epoch")
+    parser.add_argument("--epoch-steps", type=int, default=None,
+                        help="steps per Keras epoch (default: one pass over the rows, so the warm-up "
+                             "epoch also fills the preset's cache)")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -85,7 +88,7 @@ def main() -> None:
 
     manifest = dataset.load_manifest(data)
     batch = cfg.train.batch_size_per_replica
-    steps = args.epoch_steps
+    steps = args.epoch_steps or dataset.split_rows(manifest, "training") // batch
 
     def with_spe(spe: int):
         return load_config("sample", overrides=[f"train.steps_per_execution={spe}"])
@@ -114,9 +117,11 @@ def main() -> None:
     }
     # Rounds alternate the variants so a burst of load from other jobs hits all of them.
     rates = {key: 0.0 for key in variants}
-    for _ in range(args.rounds):
+    for i in range(args.rounds):
         for key, run in variants.items():
-            rates[key] = max(rates[key], run())
+            rate = run()
+            print(f"round {i + 1}: {key:9s} {rate:>10,.0f} examples/s", flush=True)
+            rates[key] = max(rates[key], rate)
     load = os.getloadavg()[0]
     print(f"sample preset ({cfg.model.blocks}x{cfg.model.units}, batch {batch}, steps_per_execution {spe}) "
           f"on {len(x):,} training rows, {type(strategy).__name__}, load average {load:.1f} "
