@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Measured on small_dataset (10,910 training / 545 validation rows, seed 7) with the sample
 # preset at batch 128 for 6 epochs: val AUC 0.758 (Keras 200-threshold AUC on 512 rows).
-# On 220,000 generated rows the full sample preset (batch 512, 8 epochs, ~45 s here) reached
-# 0.875. The bar leaves room for run-to-run noise on 512 validation rows; chance is 0.5.
+# On 220,000 generated rows the full sample preset (batch 512, 8 epochs, 30-45 s here) reached
+# 0.875 (two runs). The bar leaves room for run-to-run noise on 512 validation rows; chance is 0.5.
 SMALL_DATA_VAL_AUC_BAR = 0.70
 
 
