@@ -4,9 +4,9 @@
     .venv/bin/python -m flows.deployments --only sample --limit 1
 
 ``prefect.yaml`` is the single declaration of the deployments (``full``, ``sample`` and the
-cron-scheduled ``retrain``). This module turns each entry into a
-``RunnerDeployment`` (``flow.to_deployment``) with the same name, description, tags,
-parameters and schedules, and serves them with :func:`prefect.serve`: the process polls the
+cron-scheduled ``retrain`` of the flow ``higgs``). This module imports each entry's flow and
+turns the entry into a ``RunnerDeployment`` (``flow.to_deployment``) with the same name,
+description, tags, parameters and schedules, and serves them with :func:`prefect.serve`: the process polls the
 server for runs of those deployments and executes each one in a subprocess. That is the
 simplest robust way to run deployments on a fresh machine (``make run`` does it); on a
 cluster use ``prefect deploy --all`` and a worker of the same declarations instead.
@@ -15,6 +15,7 @@ cluster use ``prefect deploy --all`` and a worker of the same declarations inste
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -27,7 +28,6 @@ from pipeline.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = ROOT / "prefect.yaml"
-FLOW_NAME = "higgs"
 
 
 class DeploymentSpecError(PipelineError):
@@ -44,8 +44,8 @@ def load_specs(path: str | Path = PREFECT_YAML) -> list[dict[str, Any]]:
         One dict per deployment (``name``, ``entrypoint``, ``parameters``, ``schedules``, …).
 
     Raises:
-        DeploymentSpecError: the file is missing or malformed, or an entry points elsewhere
-            than ``flows/higgs.py:higgs``.
+        DeploymentSpecError: the file is missing or malformed, or an entry has no name or an
+            entrypoint that is not ``path/to/module.py:flow_function``.
     """
     path = Path(path)
     try:
@@ -58,12 +58,34 @@ def load_specs(path: str | Path = PREFECT_YAML) -> list[dict[str, Any]]:
     if not specs:
         raise DeploymentSpecError(f"{path} declares no deployments")
     for spec in specs:
-        if spec.get("entrypoint") != "flows/higgs.py:higgs":
+        entrypoint = str(spec.get("entrypoint", ""))
+        module, _, function = entrypoint.partition(":")
+        if not spec.get("name") or not module.endswith(".py") or not function:
             raise DeploymentSpecError(
-                f"deployment {spec.get('name')!r} in {path} has entrypoint {spec.get('entrypoint')!r}; "
-                "this module serves flows/higgs.py:higgs only"
+                f"deployment {spec.get('name')!r} in {path} needs a name and an entrypoint like "
+                f"flows/higgs.py:higgs (got {entrypoint!r})"
             )
     return specs
+
+
+def flow_of(entrypoint: str) -> Any:
+    """Import the flow an entrypoint ``flows/higgs.py:higgs`` names (as module ``flows.higgs``).
+
+    Raises:
+        DeploymentSpecError: the module cannot be imported or the name is not a Prefect flow.
+    """
+    from prefect import Flow
+
+    path, _, function = entrypoint.partition(":")
+    module_name = path.removesuffix(".py").replace("/", ".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise DeploymentSpecError(f"cannot import {module_name} for entrypoint {entrypoint}: {exc}") from None
+    flow = getattr(module, function, None)
+    if not isinstance(flow, Flow):
+        raise DeploymentSpecError(f"entrypoint {entrypoint} does not name a Prefect flow")
+    return flow
 
 
 def schedules_of(spec: dict[str, Any]) -> list[Any]:
@@ -89,7 +111,7 @@ def schedules_of(spec: dict[str, Any]) -> list[Any]:
 
 
 def build_deployments(specs: Sequence[dict[str, Any]], only: Sequence[str] = ()) -> list[Any]:
-    """Build ``RunnerDeployment`` objects of the ``higgs`` flow from ``prefect.yaml`` entries.
+    """Build ``RunnerDeployment`` objects from ``prefect.yaml`` entries (their flows imported).
 
     Args:
         specs: entries from :func:`load_specs`.
@@ -100,15 +122,13 @@ def build_deployments(specs: Sequence[dict[str, Any]], only: Sequence[str] = ())
     """
     from prefect.deployments.runner import EntrypointType
 
-    from flows.higgs import higgs
-
     chosen = [s for s in specs if not only or s["name"] in only]
     unknown = set(only) - {s["name"] for s in specs}
     if unknown:
         raise DeploymentSpecError(f"no deployment named {', '.join(sorted(unknown))} in prefect.yaml; "
                                   f"declared: {', '.join(s['name'] for s in specs)}")
     return [
-        higgs.to_deployment(
+        flow_of(spec["entrypoint"]).to_deployment(
             name=spec["name"],
             description=spec.get("description"),
             tags=spec.get("tags") or [],

@@ -68,7 +68,7 @@ def test_flow_config_none_keeps_the_preset_and_typed_parameters_win():
 
 def test_deployments_from_prefect_yaml():
     specs = deployments.load_specs()
-    built = {d.name: d for d in deployments.build_deployments(specs)}
+    built = {d.name: d for d in deployments.build_deployments(specs) if d.flow_name == "higgs"}
     assert set(built) == {"full", "sample", "retrain"}
     assert built["sample"].parameters == {"preset": "sample", "source": "", "runner": "DirectRunner"}
     assert built["full"].parameters == {"preset": "full"}
@@ -82,9 +82,13 @@ def test_deployments_from_prefect_yaml():
 
 def test_deployment_spec_errors_are_one_line(tmp_path):
     bad = tmp_path / "prefect.yaml"
-    bad.write_text("deployments:\n  - name: x\n    entrypoint: other.py:f\n")
-    with pytest.raises(deployments.DeploymentSpecError, match=r"serves flows/higgs\.py:higgs only"):
+    bad.write_text("deployments:\n  - name: x\n    entrypoint: flows.higgs.higgs\n")
+    with pytest.raises(deployments.DeploymentSpecError, match=r"entrypoint like flows/higgs\.py:higgs"):
         deployments.load_specs(bad)
+    with pytest.raises(deployments.DeploymentSpecError, match=r"cannot import flows\.nothing"):
+        deployments.flow_of("flows/nothing.py:f")
+    with pytest.raises(deployments.DeploymentSpecError, match="does not name a Prefect flow"):
+        deployments.flow_of("flows/higgs.py:flow_config")
     with pytest.raises(deployments.DeploymentSpecError, match="cannot read"):
         deployments.load_specs(tmp_path / "missing.yaml")
 
