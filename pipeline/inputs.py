@@ -1,13 +1,13 @@
-"""The tf.data input pipeline: shard files → interleaved reads → shuffle → batch → decode batch.
+"""The tf.data input pipeline: shard files → interleaved reads → shuffle blocks → batch → decode.
 
     python -c "from pipeline.config import load_config; from pipeline.inputs import make_dataset; \
 print(next(iter(make_dataset('data/sample', 'training', load_config('sample'))))[0].shape)"
 
 Records are batched *before* decoding: one ``parse_example`` + ``decode_raw`` call per batch
 (:func:`pipeline.records.decode_batch`) instead of one ``parse_single_example`` +
-``parse_tensor`` per record, which measured ~14× faster here. Shuffling and caching work on the
-small serialized records (163 bytes), so a cache of the training split costs about as much
-memory as the raw shards.
+``parse_tensor`` per record (20× faster in ``benchmarks/input.py``). Training shuffles blocks of
+16 records and re-slices them into batches, so no stage does work per record; with
+``train.cache`` the decoded blocks (116 bytes a row) are kept after the first pass.
 
 Under a ``tf.distribute`` strategy the dataset is built per input pipeline from an
 ``InputContext`` (``strategy.distribute_datasets_from_function``): each pipeline reads the
