@@ -139,6 +139,13 @@ def beam_options(cfg: Config, beam_args: Sequence[str] = ()) -> list[str]:
     if not any(a == "--runner" or a.startswith("--runner=") for a in args):
         args.insert(0, f"--runner={cfg.runtime.runner}")
     runner = next((a.split("=", 1)[1] for a in args if a.startswith("--runner=")), cfg.runtime.runner)
+    if runner == "DataflowRunner" and cfg.runtime.gcp_project:
+        # Project, region, locations, machines and worker packaging come from runtime.*;
+        # explicit arguments are appended last and win. Without runtime.gcp_project the
+        # caller's Beam options pass through untouched.
+        from pipeline import dataflow
+
+        return dataflow.dataflow_args(cfg, extra=[a for a in args if not a.startswith("--runner")])
     if runner == "DirectRunner" and not any(a.startswith("--direct_num_workers") for a in args):
         args.append(f"--direct_num_workers={cfg.runtime.direct_num_workers}")
     return args
@@ -170,6 +177,13 @@ def step_convert(cfg: Config, source_path: str, data: str, beam_args: Sequence[s
     """
     from pipeline import convert
 
+    if cfg.runtime.presplit_parts > 0 and not any(c in source_path for c in "*?["):
+        # One .gz is read by one worker; parts let Dataflow parse/encode/write in parallel.
+        from pipeline import presplit
+
+        parts_at = presplit.parts_location(cfg.runtime.temp_location, cfg.data.data_root, source_path)
+        source_path = presplit.presplit(source_path, parts_at, cfg.runtime.presplit_parts).glob
+        log.info("source split into %d parts: %s", cfg.runtime.presplit_parts, source_path)
     result = convert.convert(source_path, data, cfg.data, beam_args=beam_options(cfg, beam_args))
     if result.skipped:
         log.info("conversion reused: %s was already built from this source and options", data)

@@ -108,3 +108,37 @@ def test_run_chain_missing_source_publishes_nothing(tmp_path):
     with pytest.raises(PipelineError, match=r"nope/HIGGS\.csv\.gz does not exist"):
         chain.run_chain(cfg)
     assert not (tmp_path / "runs").exists()
+
+
+def test_beam_options_for_dataflow_come_from_runtime_config():
+    cfg = load_config("full", overrides=["runtime.runner=DataflowRunner", "runtime.gcp_project=proj-x",
+                                         "runtime.gcp_region=europe-west4",
+                                         "runtime.temp_location=gs://bucket-x/tmp",
+                                         "runtime.image=europe-west4-docker.pkg.dev/p/r/higgs:1"])
+    args = chain.beam_options(cfg, ["--max_num_workers=3"])
+    assert "--runner=DataflowRunner" in args and "--project=proj-x" in args
+    assert "--sdk_container_image=europe-west4-docker.pkg.dev/p/r/higgs:1" in args
+    assert args[-1] == "--max_num_workers=3"  # explicit options come last and win
+    assert not any(a.startswith("--direct_num_workers") for a in args)
+    missing_region = load_config("full", overrides=["runtime.runner=DataflowRunner",
+                                                    "runtime.gcp_project=proj-x"])
+    with pytest.raises(PipelineError, match=r"runtime\.gcp_region is empty"):
+        chain.beam_options(missing_region)
+
+
+def test_step_convert_presplits_the_source_when_configured(tmp_path):
+    from pipeline import synth
+
+    source = tmp_path / "src.csv.gz"
+    synth.write_csv(source, rows=4400, seed=3)
+    base = load_config("sample", overrides=[f"data.data_root={tmp_path}"])
+    whole = chain.step_convert(base, str(source), str(tmp_path / "whole"))
+    parted_cfg = load_config("sample", overrides=[f"data.data_root={tmp_path}", "runtime.presplit_parts=3"])
+    parted = chain.step_convert(parted_cfg, str(source), str(tmp_path / "parted"))
+    assert parted.manifest["source"]["uri"].endswith("*.csv.gz")
+    assert len(list((tmp_path / "parts" / "src").glob("part-*.csv.gz"))) == 3
+    assert parted.manifest["rows"] == whole.manifest["rows"]
+    for split in ("training", "validation", "test"):
+        a = b"".join(p.read_bytes() for p in sorted((tmp_path / "whole" / split).iterdir()))
+        b = b"".join(p.read_bytes() for p in sorted((tmp_path / "parted" / split).iterdir()))
+        assert a == b, split
