@@ -80,6 +80,13 @@ def test_deployments_from_prefect_yaml():
         deployments.build_deployments(specs, only=["nightly"])
 
 
+def test_tune_deployment_serves_the_search_flow():
+    (tune,) = deployments.build_deployments(deployments.load_specs(), only=["tune"])
+    assert (tune.flow_name, tune.name) == ("higgs-tune", "tune")
+    assert tune.entrypoint == "flows.tune.higgs_tune"
+    assert tune.parameters == {"preset": "sample"}
+
+
 def test_deployment_spec_errors_are_one_line(tmp_path):
     bad = tmp_path / "prefect.yaml"
     bad.write_text("deployments:\n  - name: x\n    entrypoint: flows.higgs.higgs\n")
