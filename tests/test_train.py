@@ -105,16 +105,19 @@ def test_reduce_lr_on_plateau_lowers_the_rate(small_dataset, tmp_path):
     assert math.isclose(lr[2], 5e-4, rel_tol=1e-6) and math.isclose(lr[3], 2.5e-4, rel_tol=1e-6)
 
 
-def test_mixed_bfloat16_and_xla_run_on_cpu(small_dataset, tmp_path):
+@pytest.mark.parametrize(("policy", "xla"), [("mixed_bfloat16", True), ("mixed_float16", False)])
+def test_mixed_precision_and_xla_run_on_cpu(small_dataset, tmp_path, policy, xla):
     from pipeline.train import run_training
 
     cfg = _tiny("train.batch_size_per_replica=64", "train.steps_per_epoch=4", "train.validation_steps=2",
-                "train.epochs=1", "train.mixed_precision=mixed_bfloat16", "train.jit_compile=true")
-    result = run_training(cfg, small_dataset, str(tmp_path / "bf16"))
+                "train.epochs=1", f"train.mixed_precision={policy}", f"train.jit_compile={str(xla).lower()}")
+    result = run_training(cfg, small_dataset, str(tmp_path / policy))
     assert math.isfinite(result.history["loss"][0]) and math.isfinite(result.history["val_loss"][0])
     model = _load(result.model_path)
-    assert model.get_layer("deep0_dense").compute_dtype == "bfloat16"
+    assert model.get_layer("deep0_dense").compute_dtype == policy.removeprefix("mixed_")
     assert model.get_layer("probability").compute_dtype == "float32"
+    # float16 needs loss scaling (the GPU path of "auto"); bfloat16 has float32's range.
+    assert (type(model.optimizer).__name__.startswith("LossScaleOptimizer")) == (policy == "mixed_float16")
 
 
 def test_estimate_times_real_steps_and_writes_nothing(small_dataset, tmp_path, monkeypatch):
