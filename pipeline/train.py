@@ -141,6 +141,11 @@ def run_training(cfg: Config, data: str, run_dir: str) -> TrainResult:
         pipeline.strategy.StrategyError: the strategy cannot be created here.
     """
     _check_config(cfg)
+    if cfg.runtime.backend == "vertex":
+        # A Vertex AI CustomJob runs this same function on its replicas with backend=local.
+        from pipeline import vertex
+
+        return vertex.run_training_vertex(cfg, data, run_dir)
     if "://" in run_dir:
         raise TrainError(f"run directory {run_dir} must be a local path; "
                          "'higgs publish --run RUN --to gs://…' copies a finished run to GCS")
