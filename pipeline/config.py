@@ -145,7 +145,7 @@ class RuntimeConfig:
     publish_to: str = "runs"
     backend: str = "local"  # local | vertex
     log_level: str = "INFO"
-    # Google Cloud (pipeline/vertex.py, pipeline/dataflow.py, docs/cloud.md). Defaults are
+    # Google Cloud (pipeline/vertex.py, pipeline/dataflow.py, README.md §Run on Google Cloud). Defaults are
     # empty on purpose: project ids, buckets and images come from the user's own config file.
     gcp_project: str = ""
     gcp_region: str = ""

@@ -93,7 +93,7 @@ def dataflow_args(
         if not getattr(rt, key):
             raise DataflowConfigError(
                 f"runtime.{key} is empty; Dataflow needs it — set it in your cloud config "
-                f"(docs/cloud.md), e.g. --set runtime.{key}=…")
+                f"(README.md §Run on Google Cloud), e.g. --set runtime.{key}=…")
     for key in ("temp_location", "staging_location"):
         value = getattr(rt, key)
         if value and not _valid_gcs(value):

@@ -209,7 +209,7 @@ def validate(cfg: Config, data: str, run_dir: str) -> None:
     for key in ("gcp_project", "gcp_region", "image"):
         if not getattr(rt, key):
             raise VertexConfigError(
-                f"runtime.{key} is empty; set it in your cloud config (see docs/cloud.md), "
+                f"runtime.{key} is empty; set it in your cloud config (see README.md §Run on Google Cloud), "
                 f"e.g. --set runtime.{key}=…")
     for name, uri in (("--data", data), ("--out", run_dir)):
         if not storage.is_gcs(uri):
@@ -547,7 +547,8 @@ def vertex_tf_configs(job: aiplatform_v1.CustomJob, addresses: Sequence[Sequence
 
     Vertex AI maps worker pool 0..3 to the TensorFlow task types chief, worker, ps, evaluator;
     ``cluster`` lists every pool's replica addresses except the evaluator's, and ``task`` names
-    the replica's own type and index; ``environment`` is ``"cloud"`` (docs/cloud.md, sources).
+    the replica's own type and index; ``environment`` is ``"cloud"``
+    (sources: README.md §Run on Google Cloud).
 
     Args:
         job: the CustomJob.
