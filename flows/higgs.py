@@ -217,41 +217,41 @@ def publish(run_dir: str, publish_to: str) -> Any:
     return result
 
 
-def flow_config(
-    preset: str = "sample",
-    source: str | None = None,
-    data_dir: str | None = None,
-    runs_root: str | None = None,
-    publish_to: str | None = None,
-    runner: str | None = None,
-    strategy: str | None = None,
-    workers: int | None = None,
-    epochs: int | None = None,
-    overrides: list[str] | None = None,
-) -> Config:
+# Typed flow parameters → the config key each one sets (None keeps the preset's value).
+PARAMETER_KEYS: dict[str, tuple[str, str]] = {
+    "source": ("data", "source"),
+    "data_dir": ("data", "data_root"),
+    "runs_root": ("runtime", "runs_root"),
+    "publish_to": ("runtime", "publish_to"),
+    "runner": ("runtime", "runner"),
+    "strategy": ("train", "strategy"),
+    "workers": ("train", "workers"),
+    "epochs": ("train", "epochs"),
+}
+
+
+def flow_config(preset: str = "sample", overrides: list[str] | None = None, **parameters: Any) -> Config:
     """Resolve the flow's parameters into a config: preset, then ``overrides``, then the typed ones.
 
-    ``None`` keeps the preset's value. Raises ConfigError (one line) for a bad override.
+    Args:
+        preset: named configuration.
+        overrides: ``section.key=value`` strings.
+        **parameters: flow parameters named in :data:`PARAMETER_KEYS`; ``None`` keeps the
+            preset's value.
+
+    Raises:
+        ConfigError: (one line) for a bad override or value.
+        TypeError: for a parameter name the flow does not have.
     """
-    cfg = load_config(preset, None, overrides or [])
-    explicit: dict[str, dict[str, Any]] = {"data": {}, "runtime": {}, "train": {}}
-    if source is not None:
-        explicit["data"]["source"] = source
-    if data_dir is not None:
-        explicit["data"]["data_root"] = data_dir
-    if runs_root is not None:
-        explicit["runtime"]["runs_root"] = runs_root
-    if publish_to is not None:
-        explicit["runtime"]["publish_to"] = publish_to
-    if runner is not None:
-        explicit["runtime"]["runner"] = runner
-    if strategy is not None:
-        explicit["train"]["strategy"] = strategy
-    if workers is not None:
-        explicit["train"]["workers"] = workers
-    if epochs is not None:
-        explicit["train"]["epochs"] = epochs
-    return merge(cfg, explicit)
+    unknown = set(parameters) - set(PARAMETER_KEYS)
+    if unknown:
+        raise TypeError(f"flow_config() got unknown parameters: {', '.join(sorted(unknown))}")
+    explicit: dict[str, dict[str, Any]] = {}
+    for name, value in parameters.items():
+        if value is not None:
+            section, key = PARAMETER_KEYS[name]
+            explicit.setdefault(section, {})[key] = value
+    return merge(load_config(preset, None, overrides or []), explicit)
 
 
 @flow(name="higgs", log_prints=True, validate_parameters=True)
@@ -294,8 +294,9 @@ def higgs(
     logger = get_run_logger()
     step = "config"
     try:
-        cfg = flow_config(preset, source, data_dir, runs_root, publish_to, runner, strategy, workers,
-                          epochs, overrides)
+        cfg = flow_config(preset, overrides, source=source, data_dir=data_dir, runs_root=runs_root,
+                          publish_to=publish_to, runner=runner, strategy=strategy, workers=workers,
+                          epochs=epochs)
         # Fixed before any task runs: a retried train task (or a retried flow run, which keeps
         # its scheduled start time) finds the same run directory and resumes from its checkpoint.
         paths = chain.default_paths(cfg, run_id=run_id or chain.run_id_for(cfg, _scheduled_start()))

@@ -147,8 +147,9 @@ def test_deployment_parameters_build_valid_dataflow_and_training_jobs(deployed):
     from pipeline import chain, dataflow, vertex
 
     params = dict(deployed["higgs/full-cloud"]["parameters"])
-    cfg = flow_config(params["preset"], params["source"], params["data_dir"], params["runs_root"],
-                      params["publish_to"], params["runner"], None, None, None, params["overrides"])
+    cfg = flow_config(params["preset"], params["overrides"], source=params["source"],
+                      data_dir=params["data_dir"], runs_root=params["runs_root"],
+                      publish_to=params["publish_to"], runner=params["runner"])
     options = dataflow.pipeline_options(cfg)  # Beam's own validation for DataflowRunner
     assert options.get_all_options()["sdk_container_image"] == HIGGS_ENV["HIGGS_IMAGE"]
     assert options.get_all_options()["service_account_email"] == \
