@@ -18,13 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
+from pipeline import optim
 from pipeline.config import ConfigError, load_config
-
-tf = pytest.importorskip("tensorflow")
-
-from pipeline import optim  # noqa: E402
-from pipeline.tfk import keras  # noqa: E402
+from pipeline.tfk import keras
 
 ROOT = Path(__file__).resolve().parents[1]
 
