@@ -35,7 +35,7 @@ from flows.local_run import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-NAMES = ["higgs/full", "higgs/sample", "higgs/retrain"]
+NAMES = ["higgs/full", "higgs/sample", "higgs/retrain", "higgs-tune/tune"]
 SMALL = ["data.synth_rows=20000", "train.epochs=2", "model.units=32", "model.blocks=2",
          "evaluate.baseline_rows=5000", "evaluate.baseline_trees=20", "train.shuffle_buffer=5000"]
 
@@ -91,12 +91,13 @@ def _next_monday_3am_utc(now: datetime) -> datetime:
     return start if start > now else start + timedelta(days=7)
 
 
-def test_prefect_yaml_deploys_all_three_with_the_weekly_retrain_schedule(server, deployed):
+def test_prefect_yaml_deploys_all_with_the_weekly_retrain_schedule(server, deployed):
     assert all(deployed[name] is not None for name in NAMES)
     assert {d["work_pool_name"] for d in deployed.values()} == {"local"}
     assert deployed["higgs/sample"]["parameters"] == {"preset": "sample", "source": "",
                                                       "runner": "DirectRunner"}
     assert deployed["higgs/full"]["parameters"] == {"preset": "full"}
+    assert deployed["higgs-tune/tune"]["parameters"] == {"preset": "sample"}
     assert _cron_schedules(deployed["higgs/retrain"]) == [("0 3 * * 1", "UTC", True)]
     assert deployed["higgs/sample"]["schedules"] == []
     assert deployed["higgs/retrain"]["parameter_openapi_schema"]["properties"]["preset"]["enum"] == \
