@@ -312,6 +312,22 @@ def apply_overrides(cfg: Config, overrides: typing.Iterable[str]) -> Config:
     return merge(cfg, nested)
 
 
+def require_runtime(cfg: Config, keys: typing.Iterable[str], needed_by: str,
+                    error: type[PipelineError] = ConfigError) -> None:
+    """Fail in one line on the first empty ``runtime.<key>`` that ``needed_by`` cannot run without.
+
+    Args:
+        cfg: the resolved config.
+        keys: ``runtime`` field names that must be non-empty.
+        needed_by: what needs them, for the message (e.g. ``"Dataflow"``).
+        error: the error class to raise (a :class:`PipelineError`).
+    """
+    for key in keys:
+        if not getattr(cfg.runtime, key):
+            raise error(f"runtime.{key} is empty; {needed_by} needs it — set it in your cloud config "
+                        f"(README.md §Run on Google Cloud), e.g. --set runtime.{key}=…")
+
+
 def to_dict(cfg: Config) -> dict[str, Any]:
     """Return the config as plain nested dicts/lists (tuples become lists), YAML-ready."""
 

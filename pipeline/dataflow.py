@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import storage
-from pipeline.config import Config
+from pipeline.config import Config, require_runtime
 from pipeline.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,11 +89,7 @@ def dataflow_args(
             packaging cannot be done.
     """
     rt = cfg.runtime
-    for key in ("gcp_project", "gcp_region", "temp_location"):
-        if not getattr(rt, key):
-            raise DataflowConfigError(
-                f"runtime.{key} is empty; Dataflow needs it — set it in your cloud config "
-                f"(README.md §Run on Google Cloud), e.g. --set runtime.{key}=…")
+    require_runtime(cfg, ("gcp_project", "gcp_region", "temp_location"), "Dataflow", DataflowConfigError)
     for key in ("temp_location", "staging_location"):
         value = getattr(rt, key)
         if value and not _valid_gcs(value):

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import storage
-from pipeline.config import Config, load_config
+from pipeline.config import Config, load_config, require_runtime
 from pipeline.errors import PipelineError
 
 if typing.TYPE_CHECKING:  # the client library is imported lazily (it is large)
@@ -206,11 +206,7 @@ def validate(cfg: Config, data: str, run_dir: str) -> None:
     from google.cloud import aiplatform_v1
 
     rt = cfg.runtime
-    for key in ("gcp_project", "gcp_region", "image"):
-        if not getattr(rt, key):
-            raise VertexConfigError(
-                f"runtime.{key} is empty; set it in your cloud config (see README.md §Run on Google Cloud), "
-                f"e.g. --set runtime.{key}=…")
+    require_runtime(cfg, ("gcp_project", "gcp_region", "image"), "a Vertex AI job", VertexConfigError)
     for name, uri in (("--data", data), ("--out", run_dir)):
         if not storage.is_gcs(uri):
             raise VertexConfigError(
