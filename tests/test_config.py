@@ -23,11 +23,11 @@ def test_sample_preset_is_smaller_than_full() -> None:
 
 
 def test_set_overrides_are_typed() -> None:
-    cfg = C.load_config("sample", overrides=["train.epochs=3", "train.learning_rate=0.01",
+    cfg = C.load_config("sample", overrides=["train.epochs=3", "train.learning_rate=0.02",
                                              "model.wide=false", "train.steps_per_epoch=7",
                                              "data.source=gs://b/HIGGS.csv.gz"])
     assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
-    assert cfg.train.learning_rate == 0.01
+    assert cfg.train.learning_rate == 0.02
     assert cfg.model.wide is False
     assert cfg.train.steps_per_epoch == 7
     assert cfg.data.source == "gs://b/HIGGS.csv.gz"

@@ -90,11 +90,13 @@ def test_constant_is_a_plain_float():
 def test_inverse_time_and_exponential_follow_their_formulas_with_auto_decay_of_one_epoch():
     steps = np.array([0, 5, 10, 25, 100])
     inv = optim.build_schedule(_train("train.schedule=inverse_time", "train.reduce_lr=false",
-                                      "train.schedule_decay_rate=1.0"), steps_per_epoch=10)
+                                      "train.learning_rate=1e-3", "train.schedule_decay_rate=1.0"),
+                               steps_per_epoch=10)
     assert isinstance(inv, keras.optimizers.schedules.InverseTimeDecay)
     np.testing.assert_allclose(_values(inv, steps), 1e-3 / (1 + steps / 10), rtol=1e-6)
     exp = optim.build_schedule(_train("train.schedule=exponential", "train.reduce_lr=false",
-                                      "train.schedule_decay_rate=0.5", "train.schedule_decay_steps=20"), 10)
+                                      "train.learning_rate=1e-3", "train.schedule_decay_rate=0.5",
+                                      "train.schedule_decay_steps=20"), 10)
     assert isinstance(exp, keras.optimizers.schedules.ExponentialDecay)
     np.testing.assert_allclose(_values(exp, steps), 1e-3 * 0.5 ** (steps / 20), rtol=1e-6)
 
@@ -148,7 +150,8 @@ def test_build_optimizer_maps_every_option(overrides, cls, attrs):
 
 def test_optimizer_carries_the_schedule():
     opt = optim.build_optimizer(_train("train.optimizer=sgd", "train.schedule=exponential",
-                                       "train.reduce_lr=false", "train.schedule_decay_rate=0.5"), 4)
+                                       "train.learning_rate=1e-3", "train.reduce_lr=false",
+                                       "train.schedule_decay_rate=0.5"), 4)
     var = tf.Variable([1.0])
     for _ in range(5):
         opt.apply_gradients([(tf.constant([0.0]), var)])

@@ -95,7 +95,8 @@ def test_reduce_lr_on_plateau_lowers_the_rate(small_dataset, tmp_path):
 
     # A min_delta no epoch can beat forces a plateau after the first epoch.
     cfg = _tiny("train.batch_size_per_replica=64", "train.steps_per_epoch=4", "train.validation_steps=2",
-                "train.epochs=4", "train.steps_per_execution=2", "train.reduce_lr_min_delta=100",
+                "train.epochs=4", "train.steps_per_execution=2", "train.learning_rate=1e-3",
+                "train.reduce_lr_min_delta=100",
                 "train.reduce_lr_patience=1", "train.reduce_lr_factor=0.5",
                 "train.early_stopping_patience=10")
     result = run_training(cfg, small_dataset, str(tmp_path / "plateau"))
@@ -143,7 +144,9 @@ def test_impossible_settings_fail_before_training(small_dataset, tmp_path):
     with pytest.raises(ConfigError, match="--workers 2"):
         run_training(_cfg("train.workers=2", "train.strategy=tpu"), small_dataset, str(tmp_path / "a"))
     with pytest.raises(ConfigError, match="reduce_lr_min_lr"):
-        run_training(_cfg("train.reduce_lr_min_lr=0.001"), small_dataset, str(tmp_path / "b"))
+        # min_lr equal to the rate (the reference notebook's no-op ReduceLROnPlateau)
+        run_training(_cfg("train.learning_rate=0.001", "train.reduce_lr_min_lr=0.001"), small_dataset,
+                     str(tmp_path / "b"))
     with pytest.raises(DatasetError, match="not a dataset"):
         run_training(_cfg(), str(tmp_path / "nothing"), str(tmp_path / "c"))
     with pytest.raises(TrainError, match="local path"):
