@@ -26,7 +26,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -40,15 +39,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+from pipeline.launch import free_ports
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HOME = ".prefect"
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prefect_env(home: Path, api_url: str, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -81,7 +75,7 @@ class LocalServer:
     def __init__(self, home: str | Path = DEFAULT_HOME, port: int | None = None,
                  log_path: str | Path | None = None) -> None:
         self.home = Path(home).resolve()
-        self.port = port or free_port()
+        self.port = port or free_ports(1)[0]
         self.log_path = Path(log_path) if log_path else self.home / "server.log"
         self.proc: subprocess.Popen | None = None
 

@@ -37,7 +37,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -50,6 +49,7 @@ from typing import Any
 from pipeline import storage
 from pipeline.config import Config, load_config, require_runtime
 from pipeline.errors import PipelineError
+from pipeline.launch import free_ports
 
 if typing.TYPE_CHECKING:  # the client library is imported lazily (it is large)
     from google.cloud import aiplatform_v1
@@ -568,12 +568,6 @@ def vertex_tf_configs(job: aiplatform_v1.CustomJob, addresses: Sequence[Sequence
              for r in range(len(addrs))] for i, addrs in enumerate(addresses)]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass(frozen=True)
 class LocalReplica:
     """One finished replica of :func:`run_job_locally`."""
@@ -607,7 +601,9 @@ def run_job_locally(
         VertexJobError: a replica did not finish within ``timeout``.
     """
     pools = list(job.job_spec.worker_pool_specs)
-    addresses = [[f"127.0.0.1:{_free_port()}" for _ in range(p.replica_count)] for p in pools]
+    # All ports chosen while their sockets are held, so no two replicas get the same one.
+    ports = iter(free_ports(sum(p.replica_count for p in pools)))
+    addresses = [[f"127.0.0.1:{next(ports)}" for _ in range(p.replica_count)] for p in pools]
     configs = vertex_tf_configs(job, addresses)
     procs: list[tuple[str, subprocess.Popen, Any]] = []
     try:
