@@ -235,10 +235,6 @@ class _Files:
             os.replace(src, dst)
 
 
-def _join(base: str, *parts: str) -> str:
-    return storage.join(base, *parts)
-
-
 # --- reading and parsing: text blocks → float32 rows + bad rows ---------------------------
 
 
@@ -526,7 +522,7 @@ class _WritePieces(beam.DoFn):
 
     def process(self, block: ParsedBlock) -> Iterator[dict[str, Any]]:
         # Named by position, so a retried bundle overwrites the same piece (idempotent).
-        path = _join(self.staging, _PIECES_DIR, f"p{block.part:05d}-l{block.line0:012d}.rec")
+        path = storage.join(self.staging, _PIECES_DIR, f"p{block.part:05d}-l{block.line0:012d}.rec")
         framed = records.frame_records(records.encode_examples(block.features, block.labels))
         self.files.write_bytes(path, framed)
         self.written.inc(block.labels.shape[0])
@@ -715,7 +711,7 @@ class _FinishTask(beam.DoFn):
             yield self._split_stats(task)
 
     def _write_shard(self, task: dict[str, Any]) -> dict[str, Any]:
-        with self.files.open_write(_join(self.staging, task["path"])) as out:
+        with self.files.open_write(storage.join(self.staging, task["path"])) as out:
             for path, start, end in task["ranges"]:
                 self.files.copy_range(path, start, end, out)
         written = sum(end - start for _, start, end in task["ranges"]) // records.FRAMED_BYTES
@@ -767,7 +763,7 @@ def _write_result(_: Any, done: list, pieces: list, parts: list, bad: list, cfg:
     plan, _, bad_rows = plan_shards(pieces, parts, bad, cfg)
     if bad_rows:
         text = "line\tkind\ttext\n" + "".join(f"{n}\t{k}\t{t}\n" for n, k, t in bad_rows)
-        files.write_bytes(_join(staging, BAD_ROWS_DIR, BAD_ROWS_FILE), text.encode())
+        files.write_bytes(storage.join(staging, BAD_ROWS_DIR, BAD_ROWS_FILE), text.encode())
     by_kind = {kind: 0 for kind in BAD_KINDS}
     for _, kind, _ in bad_rows:
         by_kind[kind] += 1
@@ -777,7 +773,7 @@ def _write_result(_: Any, done: list, pieces: list, parts: list, bad: list, cfg:
               "shards": sorted((d for d in done if d["kind"] == "shard"),
                                key=lambda d: (order[d["split"]], d["index"])),
               "stats": {d["split"]: d for d in done if d["kind"] == "stats"}}
-    files.write_bytes(_join(staging, _RESULT_FILE), json.dumps(result).encode())
+    files.write_bytes(storage.join(staging, _RESULT_FILE), json.dumps(result).encode())
 
 
 class CsvToTFRecords(beam.PTransform):
@@ -1006,7 +1002,7 @@ def convert(source: str, out: str, data_cfg: DataConfig, beam_args: Sequence[str
             raise ConvertError(f"{out} already holds {what}; pass --overwrite to rebuild it or "
                                "choose another --out")
 
-    staging = _join(out, f".staging-{uuid.uuid4().hex[:12]}")
+    staging = storage.join(out, f".staging-{uuid.uuid4().hex[:12]}")
     block_bytes = int(min(256 << 20, max(64 << 10, data_cfg.block_rows * line_bytes)))
     cfg = {"validation_rows": data_cfg.validation_rows, "test_rows": data_cfg.test_rows,
            "shards": wanted["shards"]}
@@ -1017,7 +1013,7 @@ def convert(source: str, out: str, data_cfg: DataConfig, beam_args: Sequence[str
                  | "CsvToTFRecords" >> CsvToTFRecords(staging, block_bytes, cfg, files,
                                                       spread_parts=len(parts) > 1))
         metrics = _metrics(p.result)
-        result = json.loads(files.read_bytes(_join(staging, _RESULT_FILE)))
+        result = json.loads(files.read_bytes(storage.join(staging, _RESULT_FILE)))
         manifest = _publish(files, out, staging, result, fingerprint, data_cfg, beam_args,
                             block_bytes, wanted, time.monotonic() - started)
     except Exception as exc:
@@ -1044,8 +1040,8 @@ def _publish(files: _Files, out: str, staging: str, result: dict[str, Any],
 
     plan = result["plan"]
     bad = plan["bad_rows"]
-    bad_src = _join(staging, BAD_ROWS_DIR)
-    bad_dst = _join(out, BAD_ROWS_DIR)
+    bad_src = storage.join(staging, BAD_ROWS_DIR)
+    bad_dst = storage.join(out, BAD_ROWS_DIR)
     files.delete_tree(bad_dst)
     if bad:
         files.move_tree(bad_src, bad_dst)
@@ -1055,15 +1051,15 @@ def _publish(files: _Files, out: str, staging: str, result: dict[str, Any],
         raise ConvertError(
             f"{bad} bad rows in {fingerprint['uri']} ({kinds}; first: line {first[0]}, "
             f"{first[1]}) exceed --max-bad-rows {data_cfg.max_bad_rows}; see "
-            f"{_join(bad_dst, BAD_ROWS_FILE)}, fix the source or raise --max-bad-rows")
+            f"{storage.join(bad_dst, BAD_ROWS_FILE)}, fix the source or raise --max-bad-rows")
 
     # Unpublish first: from here until the new manifest exists, DATA is not a dataset.
     manifest_path = dataset.manifest_uri(out)
     if files.exists(manifest_path):
         files.delete_tree(manifest_path)
     for split in schema.SPLITS:
-        files.delete_tree(_join(out, split))
-        files.move_tree(_join(staging, split), _join(out, split))
+        files.delete_tree(storage.join(out, split))
+        files.move_tree(storage.join(staging, split), storage.join(out, split))
 
     rows = {s: 0 for s in schema.SPLITS}
     signal = {s: 0 for s in schema.SPLITS}
