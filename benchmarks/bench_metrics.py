@@ -30,7 +30,7 @@ def best_of(repeats: int, fn) -> float:
 def main() -> None:
     from sklearn.metrics import roc_auc_score
 
-    from pipeline import metrics
+    from pipeline.evaluation import metrics
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=500_000)

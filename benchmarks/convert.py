@@ -3,12 +3,12 @@
     .venv/bin/python benchmarks/convert.py                       # 1M rows (+ 2M for memory)
     .venv/bin/python benchmarks/convert.py --rows 200000 --ref-rows 20000 --no-scaling
 
-Measures, in one run on this machine, on a generated file (``pipeline.synth.write_csv``,
+Measures, in one run on this machine, on a generated file (``pipeline.data.synth.write_csv``,
 cached under ``data/bench/``):
 
 (a) the read floor: ``isal`` decompression + ``pyarrow.csv`` streaming parse into float32
     batches of the same file — no split, no encoding, no writing;
-(b) ``pipeline.convert.convert()`` end to end on the DirectRunner (in-process), in a child
+(b) ``pipeline.data.convert.convert()`` end to end on the DirectRunner (in-process), in a child
     process so its peak RSS (``VmHWM``) is its own: fingerprint (sha256, recomputed),
     read, parse, split, encode, frame, write 24 shards, statistics, manifest. ``convert_s``
     is the call itself; ``convert_wall_s`` adds interpreter start and imports (Beam, pyarrow).
@@ -45,12 +45,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def cached_source(rows: int, seed: int, cache: Path) -> Path:
     """The generated CSV.gz of ``rows`` rows, written once and reused while still current.
 
-    The cache is rewritten when its first rows differ from what ``pipeline.synth`` generates
+    The cache is rewritten when its first rows differ from what ``pipeline.data.synth`` generates
     today (a shorter file is a prefix of a longer one, so the head identifies the version).
     """
     from isal import igzip
 
-    from pipeline import synth
+    from pipeline.data import synth
 
     path = cache / f"synth-{rows}-seed{seed}.csv.gz"
     head = synth.format_csv(*synth.generate(1000, seed=seed))
@@ -72,7 +72,7 @@ def read_floor(path: Path) -> tuple[int, float, float]:
     import pyarrow.csv as pacsv
     from isal import igzip
 
-    from pipeline import schema
+    from pipeline.core import schema
 
     read = pacsv.ReadOptions(column_names=list(schema.CSV_COLUMNS), block_size=4 << 20)
     conv = pacsv.ConvertOptions(column_types={c: pa.float32() for c in schema.CSV_COLUMNS})
@@ -86,8 +86,8 @@ def read_floor(path: Path) -> tuple[int, float, float]:
 
 def child_convert(source: str, out: str) -> None:
     """Run inside a child process: time convert() and report its own peak RSS as JSON."""
-    from pipeline import convert
-    from pipeline.config import DataConfig
+    from pipeline.core.config import DataConfig
+    from pipeline.data import convert
 
     sidecar = Path(source + ".sha256")
     sidecar.unlink(missing_ok=True)  # include the source hash in the timing
@@ -172,7 +172,8 @@ def verify_kaggle_reader(data: Path, rows: int, seed: int) -> bool:
     """Every record, decoded the Kaggle way, equals the generator's float32 bits in order."""
     import tensorflow as tf
 
-    from pipeline import dataset, records, schema, synth
+    from pipeline.core import schema
+    from pipeline.data import dataset, records, synth
 
     labels, feats = synth.generate(rows, seed=seed)
     manifest = dataset.load_manifest(str(data))

@@ -10,12 +10,12 @@ in the page cache), it times one pass over the training split of:
 (b) ``per_record``: ``TFRecordDataset(files).map(decode_record, AUTOTUNE).batch(B)`` — the
     Kaggle-style ``parse_single_example`` + ``parse_tensor`` per record, in parallel (timed on
     the first ``--per-record-rows`` records; its cost is per record);
-(c) ``project``: ``pipeline.inputs.make_dataset(..., training=True)`` of the ``sample`` preset
+(c) ``project``: ``pipeline.training.inputs.make_dataset(..., training=True)`` of the ``sample`` preset
     (interleaved reads, shuffle, repeat, batch, then one ``decode_batch`` per batch), cache off;
 (d) ``project_eval``: the same with ``training=False`` (ordered, no shuffle).
 
 Without ``--data`` a dataset of ``--rows`` generated events is written once under
-``data/bench/input-<rows>/`` with ``pipeline.records`` (the converter's own encoder), in the
+``data/bench/input-<rows>/`` with ``pipeline.data.records`` (the converter's own encoder), in the
 contract layout with a manifest. Last line: ``key=value`` pairs, ``ratio`` = project records/s
 ÷ per-record records/s (target ≥ 10). The machine is shared with other jobs: the load average
 is printed, compare figures from the same run only.
@@ -34,7 +34,8 @@ import numpy as np
 
 def write_dataset(out: Path, rows: int, shards: int = 16, seed: int = 11) -> Path:
     """Write ``rows`` generated events as a training split of ``shards`` files (+ manifest)."""
-    from pipeline import records, schema, synth
+    from pipeline.core import schema
+    from pipeline.data import records, synth
 
     if (out / "manifest.json").is_file():
         return out
@@ -75,9 +76,9 @@ def main() -> None:
 
     import tensorflow as tf
 
-    from pipeline import dataset, records
-    from pipeline.config import load_config
-    from pipeline.inputs import make_dataset
+    from pipeline.core.config import load_config
+    from pipeline.data import dataset, records
+    from pipeline.training.inputs import make_dataset
 
     data = args.data or str(write_dataset(Path("data/bench") / f"input-{args.rows}", args.rows))
     manifest = dataset.load_manifest(data)

@@ -4,16 +4,16 @@
     .venv/bin/python benchmarks/presplit.py --rows 1000000 --workers 2 --parts 8
 
 Converts the same generated HIGGS-format source three ways with the real converter
-(``pipeline.convert``) on Beam's DirectRunner in ``multi_processing`` mode:
+(``pipeline.data.convert``) on Beam's DirectRunner in ``multi_processing`` mode:
 
 * ``single``: the one ``.csv.gz`` with W worker processes (the read stage is one element: one
   process reads, parses, encodes and writes everything), and with 1 worker (``single_w1``) —
   equal times mean the extra workers had nothing to do;
-* ``split``: ``pipeline.presplit`` into P gzip parts (timed), then the parts with W workers;
+* ``split``: ``pipeline.data.presplit`` into P gzip parts (timed), then the parts with W workers;
 * ``parts_w1``: the parts with one worker — the per-worker conversion rate ``r_w``.
 
 The last line holds ``ratio = single_s / (presplit_s + parts_s)`` (the speed-up presplitting
-gives with W workers) and the two rates of the scaling model in ``pipeline/presplit.py``:
+gives with W workers) and the two rates of the scaling model in ``pipeline/data/presplit.py``:
 ``T(W) ≈ N/r_split + N/(min(W, P)·r_w)``, with its speed-up for 16 and 32 workers and P = W. The
 machine may be shared: treat absolute figures as indicative and rerun for stable ones.
 """
@@ -29,8 +29,8 @@ from pathlib import Path
 
 
 def _convert(source: str, out: Path, workers: int) -> float:
-    from pipeline import convert
-    from pipeline.config import load_config
+    from pipeline.core.config import load_config
+    from pipeline.data import convert
 
     if out.exists():
         shutil.rmtree(out)
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--keep", default=None, help="work directory to keep (default: a temp dir)")
     args = parser.parse_args()
 
-    from pipeline import presplit, synth
+    from pipeline.data import presplit, synth
 
     work = Path(args.keep or tempfile.mkdtemp(prefix="bench-presplit-"))
     work.mkdir(parents=True, exist_ok=True)

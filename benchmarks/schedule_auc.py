@@ -2,10 +2,10 @@
 
     .venv/bin/python benchmarks/schedule_auc.py --rows 100000 --epochs 8 --seeds 1,2
 
-Generates ``--rows`` events with the sample generator (``pipeline.synth``), writes them in
+Generates ``--rows`` events with the sample generator (``pipeline.data.synth``), writes them in
 the contract layout with the project's record encoder (or uses ``--data``), then trains the
 ``sample`` preset once per schedule and seed through the real path
-(:func:`pipeline.train.run_training`, one device) with the same initial weights, dropout
+(:func:`pipeline.training.train.run_training`, one device) with the same initial weights, dropout
 and shuffle order per seed. Schedules compared (all on the preset's Adam; peak rate
 ``--learning-rate``, default the preset's 1e-3):
 
@@ -44,7 +44,8 @@ SCHEDULES: dict[str, list[str]] = {
 
 def write_dataset(out: Path, rows: int, seed: int, training_shards: int = 4) -> Path:
     """Generate ``rows`` events and write them as a dataset (split by the contract's 1/22 rule)."""
-    from pipeline import records, schema, synth
+    from pipeline.core import schema
+    from pipeline.data import records, synth
 
     labels, features = synth.generate(rows, seed)
     n_val = n_test = rows // 22
@@ -79,9 +80,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="run directories (default: a temp dir)")
     args = parser.parse_args()
 
-    from pipeline import train
-    from pipeline.config import load_config
-    from pipeline.tfk import keras
+    from pipeline.core.config import load_config
+    from pipeline.core.tfk import keras
+    from pipeline.training import train
 
     work = Path(args.out or tempfile.mkdtemp(prefix="schedule-auc-"))
     data = args.data or str(write_dataset(work / "data", args.rows, seed=7))

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import synth
+from pipeline.data import synth
 
 CHUNK = 65_536
 

@@ -6,7 +6,7 @@
 Same model (the ``sample`` preset: 3 blocks × 128 units, batch 512, Adam), same strategy
 (the one ``auto`` picks here), same number of timed steps, in one run:
 
-(a) ``tfrecord``: the project's input pipeline (``pipeline.inputs.distributed_dataset``:
+(a) ``tfrecord``: the project's input pipeline (``pipeline.training.inputs.distributed_dataset``:
     interleaved reads, shuffle, batch, ``decode_batch``) with the preset's
     ``steps_per_execution``;
 (b) ``memory``: the same training rows decoded once into tensors, shuffled once, then
@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def measure(cfg, strategy, train_ds, steps_per_epoch: int, seconds: float) -> float:
     """Train a fresh model: one warm-up epoch, then timed epochs until ``seconds``; examples/s."""
-    from pipeline.tfk import keras
-    from pipeline.train import compiled_model
+    from pipeline.core.tfk import keras
+    from pipeline.training.train import compiled_model
 
     model = compiled_model(cfg, strategy, steps_per_epoch)
 
@@ -76,9 +76,10 @@ def main() -> None:
 
     from input import write_dataset  # benchmarks/input.py: same generated layout
 
-    from pipeline import dataset, inputs
-    from pipeline.config import load_config
-    from pipeline.strategy import make_strategy
+    from pipeline.core.config import load_config
+    from pipeline.data import dataset
+    from pipeline.training import inputs
+    from pipeline.training.strategy import make_strategy
 
     data = args.data or str(write_dataset(Path("data/bench") / f"train-{args.rows}", args.rows, shards=4))
     cfg = load_config("sample")

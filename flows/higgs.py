@@ -12,7 +12,7 @@ orchestrator adds:
   exponential backoff (only for remote locations — a missing local file fails at once with
   its one-line message); training retries once after a crash (a failed worker) and
   *resumes* from its BackupAndRestore checkpoint because the run directory is fixed before
-  the task starts. Other errors a user must fix (:class:`~pipeline.errors.PipelineError`)
+  the task starts. Other errors a user must fix (:class:`~pipeline.core.errors.PipelineError`)
   are not retried.
 - **conversion cache**: the converter itself skips a dataset already built from the same
   source fingerprint and options; the task logs "reused" (no Prefect result cache, which
@@ -43,9 +43,10 @@ from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
 from pydantic import Field
 
-from pipeline import chain, storage
-from pipeline.config import Config, load_config, merge
-from pipeline.errors import PipelineError
+from pipeline import chain
+from pipeline.core import storage
+from pipeline.core.config import Config, load_config, merge
+from pipeline.core.errors import PipelineError
 
 Preset = Literal["sample", "full"]
 Strategy = Literal["auto", "tpu", "multi_worker", "mirrored", "one_device"]
@@ -122,7 +123,7 @@ def _retry_training(task: Any, task_run: Any, state: Any) -> bool:
     ``TrainError`` is what the library raises when a worker of the local cluster dies; the
     retry resumes from the run's BackupAndRestore checkpoint.
     """
-    from pipeline.train import TrainError  # TensorFlow is loaded by now: training ran
+    from pipeline.training.train import TrainError  # TensorFlow is loaded by now: training ran
 
     try:
         state.result()

@@ -39,7 +39,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from pipeline.launch import free_ports
+from pipeline.core.ports import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HOME = ".prefect"

@@ -4,9 +4,9 @@
     .venv/bin/python -m flows.tune            # serve the `tune` deployment (local server needed)
     prefect deployment run higgs-tune/tune --param data=data/sample --param out=runs/tune --watch
 
-The search itself is :func:`pipeline.tune.tune` (Optuna ask/tell, the ``tune`` config
+The search itself is :func:`pipeline.training.tune.tune` (Optuna ask/tell, the ``tune`` config
 section); this flow only supplies its trial *runner*: each point Optuna hands out becomes a
-``tune-trial`` task (a real ``higgs train`` process via :func:`pipeline.tune.run_trial`),
+``tune-trial`` task (a real ``higgs train`` process via :func:`pipeline.training.tune.run_trial`),
 submitted to the flow's task runner so the ``tune.parallel`` trials of a batch run at once —
 threads starting processes here; a distributed task runner (Dask, Ray) spreads them over
 machines without changing this file. A failed trial is recorded as failed in the study (the
@@ -21,9 +21,9 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from pipeline import tune as tune_lib
-from pipeline.config import Config, load_config
-from pipeline.errors import PipelineError
+from pipeline.core.config import Config, load_config
+from pipeline.core.errors import PipelineError
+from pipeline.training import tune as tune_lib
 
 Preset = Literal["sample", "full"]
 

@@ -1,7 +1,7 @@
 """The whole chain in one process: source → convert → train → evaluate → publish.
 
     higgs run --preset sample
-    python -c "from pipeline.config import load_config; from pipeline.chain import run_chain; \
+    python -c "from pipeline.core.config import load_config; from pipeline.chain import run_chain; \
 print(run_chain(load_config('sample')).summary())"
 
 This module is the single definition of the chain. ``higgs run`` calls :func:`run_chain`,
@@ -31,8 +31,8 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 
-from pipeline import storage
-from pipeline.config import Config
+from pipeline.core import rundir, storage
+from pipeline.core.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def beam_options(cfg: Config, beam_args: Sequence[str] = ()) -> list[str]:
         # Project, region, locations, machines and worker packaging come from runtime.*;
         # explicit arguments are appended last and win. Without runtime.gcp_project the
         # caller's Beam options pass through untouched.
-        from pipeline import dataflow
+        from pipeline.cloud import dataflow
 
         return dataflow.dataflow_args(cfg, extra=[a for a in args if not a.startswith("--runner")])
     if runner == "DirectRunner" and not any(a.startswith("--direct_num_workers") for a in args):
@@ -158,9 +158,9 @@ def step_source(cfg: Config) -> Any:
     """Locate, download (resume + checksum) or generate the source file.
 
     Returns:
-        ``pipeline.source.SourceInfo`` (``path``, ``uri``, ``bytes``, ``sha256``).
+        ``pipeline.data.source.SourceInfo`` (``path``, ``uri``, ``bytes``, ``sha256``).
     """
-    from pipeline import source
+    from pipeline.data import source
 
     return source.ensure_source(cfg.data)
 
@@ -173,13 +173,13 @@ def step_convert(cfg: Config, source_path: str, data: str, beam_args: Sequence[s
     retraining skips the conversion when the source is unchanged.
 
     Returns:
-        ``pipeline.convert.ConvertResult`` (``out``, ``manifest``, ``skipped``).
+        ``pipeline.data.convert.ConvertResult`` (``out``, ``manifest``, ``skipped``).
     """
-    from pipeline import convert
+    from pipeline.data import convert
 
     if cfg.runtime.presplit_parts > 0 and not any(c in source_path for c in "*?["):
         # One .gz is read by one worker; parts let Dataflow parse/encode/write in parallel.
-        from pipeline import presplit
+        from pipeline.data import presplit
 
         parts_at = presplit.parts_location(cfg.runtime.temp_location, cfg.data.data_root, source_path)
         source_path = presplit.presplit(source_path, parts_at, cfg.runtime.presplit_parts).glob
@@ -194,12 +194,12 @@ def step_train(cfg: Config, data: str, run_dir: str) -> Any:
     """Train into ``run_dir``; a repeated call with the same ``run_dir`` resumes from its checkpoint.
 
     Returns:
-        ``pipeline.train.TrainResult`` (``run_dir``, ``model_path``, ``epochs``, ``best_val_auc``,
+        ``pipeline.core.rundir.TrainResult`` (``run_dir``, ``model_path``, ``epochs``, ``best_val_auc``,
         ``history``).
     """
-    from pipeline import train
+    from pipeline import backends
 
-    return train.run_training(cfg, data, run_dir)
+    return backends.train(cfg, data, run_dir)
 
 
 def step_evaluate(cfg: Config, data: str, run_dir: str, publish_to: str) -> dict[str, Any]:
@@ -210,18 +210,20 @@ def step_evaluate(cfg: Config, data: str, run_dir: str, publish_to: str) -> dict
     Returns:
         The metrics dict (``auc``, ``auc_ci95``, ``blessed``, …) also in ``RUN/report/metrics.json``.
     """
-    from pipeline import evaluate
+    from pipeline.evaluation import evaluate
+    from pipeline.publish import store
 
-    return evaluate.evaluate(cfg, data, run_dir, published=publish_to)
+    return evaluate.evaluate(cfg, data, run_dir, published_metrics=store.published_metrics(publish_to),
+                             published_at=publish_to)
 
 
 def step_publish(run_dir: str, publish_to: str) -> Any:
     """Publish model and report; ``latest.json`` moves only to a blessed run.
 
     Returns:
-        ``pipeline.publish.PublishResult`` (``uri``, ``run_id``, ``files``, ``latest_moved``).
+        ``pipeline.publish.store.PublishResult`` (``uri``, ``run_id``, ``files``, ``latest_moved``).
     """
-    from pipeline import publish
+    from pipeline.publish import store as publish
 
     return publish.publish(run_dir, publish_to)
 
@@ -277,10 +279,7 @@ def baseline_auc(metrics: dict[str, Any]) -> float | None:
 
 def published_locations(publish_uri: str) -> dict[str, str]:
     """Return where the published report and model are, for people to open."""
-    return {
-        "report": storage.join(publish_uri, "report", "report.md"),
-        "model": storage.join(publish_uri, "model"),
-    }
+    return {"report": rundir.report_path(publish_uri), "model": rundir.model_dir(publish_uri)}
 
 
 def _round(value: Any) -> float | None:
@@ -301,10 +300,7 @@ class ChainResult:
 
     def summary(self) -> str:
         """A few lines for people: where report and model are, AUC, blessing, step times."""
-        where = published_locations(self.published.uri) if self.published else {
-            "report": storage.join(self.paths.run_dir, "report", "report.md"),
-            "model": storage.join(self.paths.run_dir, "model"),
-        }
+        where = published_locations(self.published.uri if self.published else self.paths.run_dir)
         auc = self.metrics.get("auc")
         ci = self.metrics.get("auc_ci95") or [None, None]
         base = baseline_auc(self.metrics)

@@ -20,8 +20,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from pipeline.config import Config, load_config, preset_names
-from pipeline.errors import PipelineError
+from pipeline.core.config import Config, load_config, preset_names
+from pipeline.core.errors import PipelineError
 
 log = logging.getLogger("higgs")
 
@@ -42,7 +42,7 @@ def _config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Config:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from pipeline import synth
+    from pipeline.data import synth
 
     result = synth.write_csv(args.out, rows=args.rows, seed=args.seed)
     print(f"wrote {result.rows} events ({result.signal_fraction:.1%} signal) to {result.path} "
@@ -52,7 +52,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     cfg = _config(args, [f"data.source={args.source}"] if args.source else [])
-    from pipeline import source
+    from pipeline.data import source
 
     info = source.ensure_source(cfg.data)
     print(f"source ready: {info.path} ({info.bytes:,} bytes, sha256 {info.sha256})")
@@ -62,7 +62,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     extra = [f"data.max_bad_rows={args.max_bad_rows}"] if args.max_bad_rows is not None else []
     cfg = _config(args, extra)
-    from pipeline import convert, source
+    from pipeline.data import convert, source
 
     src = source.resolve(args.source, cfg.data)
     result = convert.convert(src, args.out, cfg.data, beam_args=beam_args, overwrite=args.overwrite)
@@ -82,13 +82,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         extra.append(f"train.epochs={args.epochs}")
     cfg = _config(args, extra)
-    from pipeline import train
+    from pipeline import backends
+    from pipeline.training import train
 
     if args.estimate:
         estimate = train.estimate(cfg, args.data)
         print(estimate.summary())
         return 0
-    result = train.run_training(cfg, args.data, args.out)
+    result = backends.train(cfg, args.data, args.out)
     print(f"wrote {result.run_dir} (model {result.model_path}, {result.epochs} epochs, "
           f"best val_auc {result.best_val_auc:.4f})")
     return 0
@@ -96,7 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    from pipeline import lrfind
+    from pipeline.training import lrfind
 
     result = lrfind.lr_find(cfg, args.data, args.out, min_lr=args.min_lr, max_lr=args.max_lr,
                             steps=args.steps)
@@ -111,7 +112,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     extra = [f"tune.trials={args.trials}"] if args.trials else []
     extra += [f"tune.parallel={args.parallel}"] if args.parallel else []
     cfg = _config(args, extra)
-    from pipeline import tune
+    from pipeline.training import tune
 
     print(tune.summary(tune.tune(cfg, args.data, args.out)))
     return 0
@@ -119,9 +120,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    from pipeline import evaluate
+    from pipeline import chain
 
-    metrics = evaluate.evaluate(cfg, args.data, args.run, published=args.published)
+    metrics = chain.step_evaluate(cfg, args.data, args.run, args.published or cfg.runtime.publish_to)
     base = metrics.get("baseline")
     base_auc = f"{base['auc']:.4f}" if base else "off"
     print(f"wrote {args.run}/report — AUC {metrics['auc']:.4f} "
@@ -132,7 +133,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from pipeline import publish
+    from pipeline.publish import store as publish
 
     result = publish.publish(args.run, args.to)
     moved = "moved latest.json to it" if result.latest_moved else "latest.json unchanged (not blessed)"

@@ -25,7 +25,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that is free right now."""
-    from pipeline.launch import free_ports
+    from pipeline.core.ports import free_ports
 
     return free_ports(1)[0]
 
@@ -63,7 +63,7 @@ def gcs_emulator() -> Iterator[str]:
         _wait_for_port(port, proc)
         os.environ["STORAGE_EMULATOR_HOST"] = host
         os.environ["GOOGLE_CLOUD_PROJECT"] = "test-project"
-        from pipeline import storage
+        from pipeline.core import storage
 
         storage.gcs_client.cache_clear()
         yield host
@@ -78,7 +78,7 @@ def gcs_emulator() -> Iterator[str]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        from pipeline import storage
+        from pipeline.core import storage
 
         storage.gcs_client.cache_clear()
 
@@ -86,7 +86,7 @@ def gcs_emulator() -> Iterator[str]:
 @pytest.fixture()
 def gcs_bucket(gcs_emulator: str) -> str:
     """A fresh, empty bucket in the emulator; yields its name."""
-    from pipeline import storage
+    from pipeline.core import storage
 
     name = f"test-{uuid.uuid4().hex[:12]}"
     storage.gcs_client().create_bucket(name)
@@ -97,12 +97,12 @@ def gcs_bucket(gcs_emulator: str) -> str:
 def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A real converted dataset: 12,000 generated rows (seed 7), `sample` preset shard counts.
 
-    Built once per session with ``pipeline.synth.write_csv`` and ``pipeline.convert.convert``
+    Built once per session with ``pipeline.data.synth.write_csv`` and ``pipeline.data.convert.convert``
     (DirectRunner, in-process); returns the DATA directory (str) holding ``manifest.json``.
     The source CSV is ``<DATA>/../source.csv.gz``.
     """
-    from pipeline import convert, synth
-    from pipeline.config import load_config
+    from pipeline.core.config import load_config
+    from pipeline.data import convert, synth
 
     root = tmp_path_factory.mktemp("small_dataset")
     source = root / "source.csv.gz"

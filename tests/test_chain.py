@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from pipeline import chain
-from pipeline.config import load_config
-from pipeline.errors import PipelineError
+from pipeline.core.config import load_config
+from pipeline.core.errors import PipelineError
 
 # The production sample preset shrunk so the real chain runs in well under a minute here.
 SMALL = ["data.synth_rows=20000", "train.epochs=2", "model.units=32", "model.blocks=2",
@@ -127,7 +127,7 @@ def test_beam_options_for_dataflow_come_from_runtime_config():
 
 
 def test_step_convert_presplits_the_source_when_configured(tmp_path):
-    from pipeline import synth
+    from pipeline.data import synth
 
     source = tmp_path / "src.csv.gz"
     synth.write_csv(source, rows=4400, seed=3)

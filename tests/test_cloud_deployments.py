@@ -144,7 +144,8 @@ def test_flow_run_renders_into_the_vertex_job_the_worker_submits(server, deploye
 @slow
 def test_deployment_parameters_build_valid_dataflow_and_training_jobs(deployed):
     from flows.higgs import flow_config
-    from pipeline import chain, dataflow, vertex
+    from pipeline import chain
+    from pipeline.cloud import dataflow, vertex
 
     params = dict(deployed["higgs/full-cloud"]["parameters"])
     cfg = flow_config(params["preset"], params["overrides"], source=params["source"],

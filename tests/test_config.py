@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import config as C  # noqa: N812 — short alias reads better in tables of cases
+from pipeline.core import config as C  # noqa: N812 — short alias reads better in tables of cases
 
 
 def test_full_preset_is_the_reference_run() -> None:

@@ -19,8 +19,9 @@ import tensorflow as tf
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline import convert, dataset, records, schema, synth
-from pipeline.config import load_config
+from pipeline.core import schema
+from pipeline.core.config import load_config
+from pipeline.data import convert, dataset, records, synth
 
 ROWS = 12_000  # the small_dataset fixture: synth seed 7, sample preset shard counts
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import convert, dataset, records, schema, storage
-from pipeline.config import load_config
+from pipeline.core import schema, storage
+from pipeline.core.config import load_config
+from pipeline.data import convert, dataset, records
 
 
 def _cfg(**changes):

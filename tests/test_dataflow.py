@@ -3,7 +3,7 @@
     .venv/bin/pytest tests/test_dataflow.py
 
 No Dataflow service here: the options are checked with Beam's own validator for the Dataflow
-runner, and :func:`pipeline.dataflow.dry_run_job` runs the real ``DataflowRunner`` translation of
+runner, and :func:`pipeline.cloud.dataflow.dry_run_job` runs the real ``DataflowRunner`` translation of
 the converter's transform plus Beam's staging (pipeline proto, sdist from ``pyproject.toml``)
 into the GCS emulator — everything up to the job-creation call.
 """
@@ -21,8 +21,9 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
-from pipeline import dataflow, storage
-from pipeline.config import load_config
+from pipeline.cloud import dataflow
+from pipeline.core import storage
+from pipeline.core.config import load_config
 
 IMAGE = "us-central1-docker.pkg.dev/test-project/higgs/higgs:1"
 
@@ -86,7 +87,7 @@ def test_image_packaging_needs_an_image():
 def test_dry_run_builds_the_dataflow_job_for_the_converter(gcs_bucket, tmp_path, packaging):
     from apache_beam import Create
 
-    from pipeline import convert
+    from pipeline.data import convert
 
     cfg = _cfg(gcs_bucket, f"runtime.image={IMAGE}")
     options = dataflow.pipeline_options(cfg, packaging=packaging, job_name="higgs-convert-dry",

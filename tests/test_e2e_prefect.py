@@ -148,7 +148,7 @@ def test_served_sample_deployment_runs_to_completion_and_publishes(server, serve
     # The library's own log records reach the run's logs in the API.
     logs = api(server.api_url, "POST", "/logs/filter",
                {"logs": {"flow_run_id": {"any_": [outcome.flow_run_id]}}, "limit": 200})
-    assert {"pipeline.train", "pipeline.evaluate"} <= {rec["name"] for rec in logs}
+    assert {"pipeline.training.train", "pipeline.evaluation.evaluate"} <= {rec["name"] for rec in logs}
 
 
 def test_missing_source_run_fails_with_one_line_and_publishes_nothing(server, served, tmp_path):

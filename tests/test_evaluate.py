@@ -1,4 +1,4 @@
-"""pipeline.evaluate end to end on a small real dataset and a real trained tf_keras model.
+"""pipeline.evaluation.evaluate end to end on a small real dataset and a real trained tf_keras model.
 
 Also: the blessing rule, SavedModel export/reload equality and the report files.
 """
@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pipeline import evaluate, export, publish, records, schema
-from pipeline.config import EvaluateConfig, load_config, write_config
+from pipeline.core import schema
+from pipeline.core.config import EvaluateConfig, load_config, write_config
+from pipeline.data import records
+from pipeline.evaluation import evaluate, export
+from pipeline.publish import store as publish
 
 ROWS = {"training": 8000, "validation": 1000, "test": 3000}
 
@@ -28,7 +31,7 @@ def _events(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_dataset(root: Path, seed: int = 0) -> tuple[Path, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """Write a contract-shaped dataset (2 shards per split + manifest) with pipeline.records."""
+    """Write a contract-shaped dataset (2 shards per split + manifest) with pipeline.data.records."""
     arrays, shards = {}, {}
     for i, (split, n) in enumerate(ROWS.items()):
         x, y = _events(n, seed + i)
@@ -58,8 +61,8 @@ def train_small_run(run: Path, x: np.ndarray, y: np.ndarray, cfg) -> object:
     """
     import tensorflow as tf
 
-    from pipeline.model import build_wide_and_deep
-    from pipeline.tfk import keras
+    from pipeline.core.tfk import keras
+    from pipeline.training.model import build_wide_and_deep
 
     tf.keras.utils.set_random_seed(0)
     model = build_wide_and_deep(cfg.model)
@@ -90,7 +93,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def evaluated(trained):
     cfg, data, run, _arrays, _model = trained
-    result = evaluate.evaluate(cfg, str(data), str(run), published=str(run.parent / "published"))
+    result = evaluate.evaluate(cfg, str(data), str(run), publish.published_metrics(str(run.parent / "published")))
     return result, trained
 
 
@@ -167,7 +170,7 @@ def test_blessing_file_and_export(evaluated) -> None:
 
 def test_export_check_fails_for_a_different_model(trained, tmp_path: Path) -> None:
     _cfg, _data, _run, arrays, model = trained
-    from pipeline.tfk import keras
+    from pipeline.core.tfk import keras
 
     other = keras.models.clone_model(model)  # same architecture, fresh weights
     saved = export.export_saved_model(other, tmp_path / "saved_model")
@@ -222,7 +225,7 @@ def test_evaluate_against_published_and_without_baseline(trained, tmp_path: Path
     from test_publish import make_evaluated_run
 
     publish.publish(str(make_evaluated_run(tmp_path, "older", 0.61, blessed=True)), str(out))
-    result = evaluate.evaluate(cfg, str(data), str(run), published=str(out))
+    result = evaluate.evaluate(cfg, str(data), str(run), publish.published_metrics(str(out)), str(out))
     assert result["baseline"] is None and result["blessed"] is True
     assert result["published_auc"] == 0.61
     md = (run / "report" / "report.md").read_text()
@@ -248,7 +251,9 @@ def test_e2e_train_evaluate_publish_via_cli(small_dataset: str, tmp_path: Path, 
     """Converted dataset → run_training → `higgs evaluate` → `higgs publish` (in place)."""
     from PIL import Image
 
-    from pipeline import cli, dataset, train
+    from pipeline import cli
+    from pipeline.data import dataset
+    from pipeline.training import train
 
     overrides = ["train.epochs=2", "model.blocks=1", "model.units=32", "train.batch_size_per_replica=256",
                  "train.steps_per_execution=4", "evaluate.baseline_rows=4000",
@@ -294,7 +299,7 @@ def test_failed_reevaluation_leaves_no_stale_blessing(trained, tmp_path: Path) -
     (copy / "report" / "blessing.json").write_text('{"blessed": true, "reasons": ["old"]}')
     cfg = load_config("sample", overrides=["evaluate.baseline=false"])
     with pytest.raises(evaluate.EvaluateError, match="manifest says 3010"):
-        evaluate.evaluate(cfg, str(data), str(copy), published=str(tmp_path / "pub"))
+        evaluate.evaluate(cfg, str(data), str(copy), publish.published_metrics(str(tmp_path / "pub")))
     assert not (copy / "report" / "blessing.json").exists()
     with pytest.raises(publish.PublishError, match="blessing"):
         publish.publish(str(copy), str(tmp_path / "pub"))

@@ -22,8 +22,8 @@ from conftest import free_port
 from flows import deployments
 from flows import higgs as flowmod
 from flows.local_run import api
-from pipeline.config import ConfigError
-from pipeline.errors import PipelineError
+from pipeline.core.config import ConfigError
+from pipeline.core.errors import PipelineError
 
 SMALL = ["data.synth_rows=20000", "train.epochs=2", "model.units=32", "model.blocks=2",
          "evaluate.baseline_rows=5000", "evaluate.baseline_trees=20", "train.shuffle_buffer=5000"]
@@ -191,18 +191,18 @@ def test_flow_sample_run_publishes_and_creates_artifacts(harness, tmp_path, capl
     assert arts[flowmod.ARTIFACT_MODEL]["data"] == f"[{run / 'model'}]({(run / 'model').as_uri()})"
     names: set[str] = set()
     deadline = time.monotonic() + 30  # run logs reach the API in batches
-    while not {"pipeline.train", "pipeline.evaluate"} <= names and time.monotonic() < deadline:
+    while not {"pipeline.training.train", "pipeline.evaluation.evaluate"} <= names and time.monotonic() < deadline:
         logs = api(_api_url(), "POST", "/logs/filter",
                    {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200})
         names = {rec["name"] for rec in logs}
         time.sleep(0.5)
-    assert {"pipeline.train", "pipeline.evaluate"} <= names
+    assert {"pipeline.training.train", "pipeline.evaluation.evaluate"} <= names
 
     # An earlier attempt of run "second" was killed mid-training (like a preempted machine).
     second = tmp_path / "runs" / "second"
     _killed_after_first_epoch(["--data", summary_data(tmp_path), "--out", str(second), "--preset", "sample",
                                "--epochs", "4", *[a for o in SMALL for a in ("--set", o)]], second)
-    caplog.set_level("INFO", logger="pipeline.train")
+    caplog.set_level("INFO", logger="pipeline.training.train")
     again = flowmod.higgs(**params, epochs=4, run_id="second", return_state=True)
     assert again.is_completed(), again.message
     assert again.result()["conversion_reused"] is True
@@ -238,7 +238,7 @@ def _killed_after_first_epoch(train_args: list[str], run: Path) -> None:
 def test_train_retries_a_crashed_worker_but_not_a_bad_config():
     from prefect.states import Failed
 
-    from pipeline.train import TrainError
+    from pipeline.training.train import TrainError
 
     crashed = Failed(data=TrainError("worker 1 of the local cluster exited with code -9"))
     assert flowmod._retry_training(None, None, crashed) is True

@@ -10,8 +10,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pipeline import dataset, records
-from pipeline.config import Config, load_config
+from pipeline.core.config import Config, load_config
+from pipeline.data import dataset, records
 
 
 def _cfg(**train) -> Config:
@@ -38,7 +38,7 @@ def _rows(feats: np.ndarray) -> set[bytes]:
 
 
 def test_evaluation_pass_equals_record_by_record_decoding(small_dataset):
-    from pipeline.inputs import make_dataset
+    from pipeline.training.inputs import make_dataset
 
     ds = make_dataset(small_dataset, "validation", _cfg(batch_size_per_replica=100), training=False)
     first_f, first_y = next(iter(ds))
@@ -54,7 +54,7 @@ def test_evaluation_pass_equals_record_by_record_decoding(small_dataset):
 
 
 def test_training_shuffles_repeats_and_drops_remainder(small_dataset):
-    from pipeline.inputs import make_dataset
+    from pipeline.training.inputs import make_dataset
 
     manifest = dataset.load_manifest(small_dataset)
     rows = dataset.split_rows(manifest, "training")
@@ -70,7 +70,7 @@ def test_training_shuffles_repeats_and_drops_remainder(small_dataset):
 
 
 def test_deterministic_mode_repeats_the_same_order(small_dataset):
-    from pipeline.inputs import make_dataset
+    from pipeline.training.inputs import make_dataset
 
     cfg = _cfg(batch_size_per_replica=256, deterministic=True, seed=3, shuffle_buffer=2000)
     a = [b[0].numpy() for b in make_dataset(small_dataset, "training", cfg).take(5)]
@@ -85,7 +85,7 @@ def test_deterministic_mode_repeats_the_same_order(small_dataset):
 def test_input_context_shards_by_file_or_by_record(small_dataset, split, pipelines, by_file):
     import tensorflow as tf
 
-    from pipeline.inputs import make_dataset
+    from pipeline.training.inputs import make_dataset
 
     manifest = dataset.load_manifest(small_dataset)
     n_files = len(manifest["shards"][split])
@@ -105,8 +105,8 @@ def test_input_context_shards_by_file_or_by_record(small_dataset, split, pipelin
 
 
 def test_steps_and_missing_dataset(tmp_path, small_dataset):
-    from pipeline.dataset import DatasetError
-    from pipeline.inputs import global_batch_size, make_dataset, steps_for
+    from pipeline.data.dataset import DatasetError
+    from pipeline.training.inputs import global_batch_size, make_dataset, steps_for
 
     manifest = dataset.load_manifest(small_dataset)
     cfg = _cfg(batch_size_per_replica=512)

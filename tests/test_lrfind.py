@@ -2,7 +2,7 @@
 
     .venv/bin/pytest tests/test_lrfind.py -q
 
-The dataset is written with the project's own record encoder (``pipeline.records``) in the
+The dataset is written with the project's own record encoder (``pipeline.data.records``) in the
 contract layout, small enough that each sweep takes a few seconds.
 """
 
@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import cli, records, schema
-from pipeline.config import ConfigError, load_config
-from pipeline.lrfind import lr_find, suggest
+from pipeline import cli
+from pipeline.core import schema
+from pipeline.core.config import ConfigError, load_config
+from pipeline.data import records
+from pipeline.training.lrfind import lr_find, suggest
 
 TINY = ["model.blocks=2", "model.units=32", "train.batch_size_per_replica=64", "train.shuffle_buffer=1000",
         "train.strategy=one_device"]

@@ -1,4 +1,4 @@
-"""pipeline.metrics against scikit-learn, hand-computed cases and analytic distributions."""
+"""pipeline.evaluation.metrics against scikit-learn, hand-computed cases and analytic distributions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import log_loss as sk_log_loss
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from pipeline import metrics
+from pipeline.evaluation import metrics
 
 PHI = NormalDist()
 

@@ -10,19 +10,19 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pipeline import schema
-from pipeline.config import load_config
+from pipeline.core import schema
+from pipeline.core.config import load_config
 
 
 @pytest.fixture(scope="module")
 def keras():
-    from pipeline.tfk import keras
+    from pipeline.core.tfk import keras
 
     return keras
 
 
 def test_sample_model_shapes_and_names(keras):
-    from pipeline.model import build_wide_and_deep
+    from pipeline.training.model import build_wide_and_deep
 
     cfg = load_config("sample").model
     model = build_wide_and_deep(cfg)
@@ -44,7 +44,7 @@ def test_sample_model_shapes_and_names(keras):
 
 
 def test_full_preset_is_the_reference_configuration(keras):
-    from pipeline.model import build_wide_and_deep
+    from pipeline.training.model import build_wide_and_deep
 
     cfg = load_config("full").model
     assert (cfg.blocks, cfg.units, cfg.activation, cfg.dropout) == (5, 2048, "relu", 0.1)
@@ -55,7 +55,7 @@ def test_full_preset_is_the_reference_configuration(keras):
 
 
 def test_mixed_bfloat16_keeps_float32_output(keras):
-    from pipeline.model import build_wide_and_deep
+    from pipeline.training.model import build_wide_and_deep
 
     model = build_wide_and_deep(dataclasses.replace(load_config("sample").model, blocks=2, units=16),
                                 dtype_policy="mixed_bfloat16")
@@ -68,7 +68,7 @@ def test_mixed_bfloat16_keeps_float32_output(keras):
 
 
 def test_l1_l2_add_regularization_losses_and_wide_only_model(keras):
-    from pipeline.model import build_wide_and_deep
+    from pipeline.training.model import build_wide_and_deep
 
     cfg = dataclasses.replace(load_config("sample").model, blocks=2, units=8, l2=1e-3)
     model = build_wide_and_deep(cfg)
@@ -81,7 +81,7 @@ def test_l1_l2_add_regularization_losses_and_wide_only_model(keras):
 
 
 def test_bad_model_settings_fail_clearly(keras):
-    from pipeline.model import build_wide_and_deep
+    from pipeline.training.model import build_wide_and_deep
 
     base = load_config("sample").model
     with pytest.raises(ValueError, match="no branch"):

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import launch
+from pipeline.cloud import launch
+from pipeline.core.ports import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_tf_config_and_ports():
-    ports = launch.free_ports(3)
+    ports = free_ports(3)
     assert len(set(ports)) == 3
     cfg = launch.tf_config_for(ports, 2)
     assert cfg["cluster"]["worker"] == [f"127.0.0.1:{p}" for p in ports]
@@ -87,8 +88,8 @@ def test_two_workers_train_in_sync_and_the_chief_writes_the_run(small_dataset, t
     assert history["epoch"] == [0, 1]
     assert not list(worker_tmp.glob("higgs-worker*"))
     assert not list(run.rglob("workertemp*"))  # Keras' per-worker checkpoint copies are gone too
-    from pipeline.tfk import keras
-    from pipeline.train import weights_digest
+    from pipeline.core.tfk import keras
+    from pipeline.training.train import weights_digest
 
     model = keras.models.load_model(run / "model" / "model.keras")
     assert int(model.optimizer.iterations.numpy()) == 16

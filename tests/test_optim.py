@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import optim
-from pipeline.config import ConfigError, load_config
-from pipeline.tfk import keras
+from pipeline.core.config import ConfigError, load_config
+from pipeline.core.tfk import keras
+from pipeline.training import optim
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -322,7 +322,7 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from pipeline.optim import ConditionalGradient
+    from pipeline.training.optim import ConditionalGradient
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
         var = tf.Variable([[1.0, 2.0], [3.0, 4.0]])
@@ -373,7 +373,7 @@ def _glorot_uniform_bound(shape: tuple[int, ...]) -> float:
 @pytest.mark.slow
 def test_two_worker_mwms_training_with_conditional_gradient_and_piecewise_schedule(small_dataset, tmp_path):
     """`higgs train --workers 2`: CG + a schedule on the real MWMS path (SGD/Nesterov/cosine: unit tests)."""
-    from pipeline import dataset
+    from pipeline.data import dataset
 
     options = ["train.optimizer=cg", "train.learning_rate=0.9", "train.cg_lambda=1.0",
                "train.schedule=piecewise", "train.schedule_boundaries=[20]",

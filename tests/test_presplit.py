@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import presplit, storage
-from pipeline.config import load_config
+from pipeline.core import storage
+from pipeline.core.config import load_config
+from pipeline.data import presplit
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
-    from pipeline import synth
+    from pipeline.data import synth
 
     path = tmp_path_factory.mktemp("presplit") / "higgs.csv.gz"
     synth.write_csv(path, rows=22_000, seed=11)
@@ -97,7 +98,7 @@ def _dataset_digest(data: Path) -> dict[str, str]:
 
 @pytest.mark.slow  # two real Beam conversions (~15 s idle, ~45 s on a loaded 2-core machine)
 def test_converting_parts_gives_the_same_dataset(source, tmp_path):
-    from pipeline import convert
+    from pipeline.data import convert
 
     cfg = load_config("sample").data
     single = convert.convert(str(source), str(tmp_path / "single"), cfg)

@@ -1,4 +1,4 @@
-"""pipeline.publish to a local directory: layout, verification, the latest.json rule."""
+"""pipeline.publish.store to a local directory: layout, verification, the latest.json rule."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import publish, storage
+from pipeline.core import storage
+from pipeline.publish import store as publish
 
 
 def make_evaluated_run(root: Path, run_id: str, auc: float, blessed: bool) -> Path:

@@ -1,4 +1,4 @@
-"""pipeline.publish to gs:// against a real gcp-storage-emulator on 127.0.0.1."""
+"""pipeline.publish.store to gs:// against a real gcp-storage-emulator on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import pytest
 from conftest import _wait_for_port, free_port
 from test_publish import make_evaluated_run
 
-from pipeline import publish, storage
+from pipeline.core import storage
+from pipeline.publish import store as publish
 
 pytestmark = pytest.mark.gcs
 

@@ -1,4 +1,4 @@
-"""Byte-level tests of pipeline.records against real TensorFlow serialization and readers.
+"""Byte-level tests of pipeline.data.records against real TensorFlow serialization and readers.
 
     .venv/bin/pytest tests/test_records.py -q
 """
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import records, schema
+from pipeline.core import schema
+from pipeline.data import records
 
 
 def _awkward_batch(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import dataset, schema
+from pipeline.core import schema
+from pipeline.data import dataset
 
 
 def test_feature_order_matches_uci() -> None:

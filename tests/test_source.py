@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
-from pipeline import source, storage
-from pipeline.config import DataConfig
-from pipeline.source import SourceError
+from pipeline.core import storage
+from pipeline.core.config import DataConfig
+from pipeline.data import source
+from pipeline.data.source import SourceError
 
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 123)  # larger than one download block
 

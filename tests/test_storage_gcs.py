@@ -1,8 +1,8 @@
-"""Round trip of pipeline.storage against a real gcp-storage-emulator."""
+"""Round trip of pipeline.core.storage against a real gcp-storage-emulator."""
 
 import pytest
 
-from pipeline import storage
+from pipeline.core import storage
 
 pytestmark = pytest.mark.gcs
 

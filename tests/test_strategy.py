@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from pipeline import strategy as strategy_lib
-from pipeline.config import load_config
-from pipeline.strategy import StrategyError, make_strategy
+from pipeline.core.config import load_config
+from pipeline.training import strategy as strategy_lib
+from pipeline.training.strategy import StrategyError, make_strategy
 
 
 def _train(**changes):

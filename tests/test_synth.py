@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
-from pipeline import schema, synth
+from pipeline.core import schema
+from pipeline.data import synth
 
 SCALE = dict(synth.COLUMN_DIVISORS)  # GeV per scaled unit, to read peaks in GeV
 

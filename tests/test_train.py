@@ -4,7 +4,7 @@
     .venv/bin/pytest tests/test_train.py -q -m "not slow"
 
 Every test shrinks the real ``sample`` preset with overrides and runs the real training code
-(``pipeline.train.run_training``) on the ``small_dataset`` fixture (12,000 generated rows).
+(``pipeline.training.train.run_training``) on the ``small_dataset`` fixture (12,000 generated rows).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, load_config
-from pipeline.dataset import load_manifest
-from pipeline.train import HISTORY_KEYS
+from pipeline.core.config import ConfigError, load_config
+from pipeline.data.dataset import load_manifest
+from pipeline.core.rundir import HISTORY_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,14 +43,14 @@ def _tiny(*overrides: str):
 
 
 def _load(path: str):
-    from pipeline.tfk import keras
+    from pipeline.core.tfk import keras
 
     return keras.models.load_model(path)
 
 
 @pytest.mark.slow
 def test_sample_preset_learns_and_writes_the_run_directory(small_dataset, tmp_path):
-    from pipeline.train import run_training
+    from pipeline.training.train import run_training
 
     run = tmp_path / "run"
     cfg = _cfg("train.batch_size_per_replica=128", "train.epochs=6")
@@ -79,7 +79,7 @@ def test_sample_preset_learns_and_writes_the_run_directory(small_dataset, tmp_pa
 
 @pytest.mark.parametrize("spe", [1, 4])
 def test_steps_per_execution_does_not_change_optimizer_steps(small_dataset, tmp_path, spe):
-    from pipeline.train import run_training
+    from pipeline.training.train import run_training
 
     cfg = _tiny("train.batch_size_per_replica=64", "train.steps_per_epoch=8", "train.validation_steps=2",
                 "train.epochs=2", f"train.steps_per_execution={spe}")
@@ -91,7 +91,7 @@ def test_steps_per_execution_does_not_change_optimizer_steps(small_dataset, tmp_
 
 
 def test_reduce_lr_on_plateau_lowers_the_rate(small_dataset, tmp_path):
-    from pipeline.train import run_training
+    from pipeline.training.train import run_training
 
     # A min_delta no epoch can beat forces a plateau after the first epoch.
     cfg = _tiny("train.batch_size_per_replica=64", "train.steps_per_epoch=4", "train.validation_steps=2",
@@ -108,7 +108,7 @@ def test_reduce_lr_on_plateau_lowers_the_rate(small_dataset, tmp_path):
 
 @pytest.mark.parametrize(("policy", "xla"), [("mixed_bfloat16", True), ("mixed_float16", False)])
 def test_mixed_precision_and_xla_run_on_cpu(small_dataset, tmp_path, policy, xla):
-    from pipeline.train import run_training
+    from pipeline.training.train import run_training
 
     cfg = _tiny("train.batch_size_per_replica=64", "train.steps_per_epoch=4", "train.validation_steps=2",
                 "train.epochs=1", f"train.mixed_precision={policy}", f"train.jit_compile={str(xla).lower()}")
@@ -122,7 +122,7 @@ def test_mixed_precision_and_xla_run_on_cpu(small_dataset, tmp_path, policy, xla
 
 
 def test_estimate_times_real_steps_and_writes_nothing(small_dataset, tmp_path, monkeypatch):
-    from pipeline.train import estimate
+    from pipeline.training.train import estimate
 
     monkeypatch.chdir(tmp_path)
     est = estimate(_tiny("train.batch_size_per_replica=128"), small_dataset, min_seconds=0.5, max_steps=40)
@@ -138,8 +138,8 @@ def test_estimate_times_real_steps_and_writes_nothing(small_dataset, tmp_path, m
 
 
 def test_impossible_settings_fail_before_training(small_dataset, tmp_path):
-    from pipeline.dataset import DatasetError
-    from pipeline.train import TrainError, run_training
+    from pipeline.data.dataset import DatasetError
+    from pipeline.training.train import TrainError, run_training
 
     with pytest.raises(ConfigError, match="--workers 2"):
         run_training(_cfg("train.workers=2", "train.strategy=tpu"), small_dataset, str(tmp_path / "a"))

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import tune
-from pipeline.config import ConfigError, load_config
+from pipeline.core.config import ConfigError, load_config
+from pipeline.training import tune
 
 
 @pytest.mark.parametrize(
@@ -48,7 +48,7 @@ def test_trial_config_applies_the_point_and_round_trips_through_yaml(tmp_path):
     assert cfg.train.batch_size_per_replica == 256
     assert cfg.train.weight_decay == tune.ADAMW_DEFAULT_DECAY  # adamw needs a decay
     assert cfg.train.epochs == 2 and tune.trial_config(base, params).train.epochs == 7
-    from pipeline.config import write_config
+    from pipeline.core.config import write_config
 
     path = write_config(cfg, tmp_path / "c.yaml")
     assert load_config("sample", path) == cfg  # what `higgs train --config` reads

@@ -6,7 +6,7 @@
 The jobs are ``google.cloud.aiplatform_v1`` objects and the client is the real
 ``JobServiceClient`` talking gRPC to a stand-in JobService on 127.0.0.1 (there is no Vertex AI
 here); the stand-in runs the job's worker pools as local processes with ``TF_CONFIG`` built the
-way Vertex AI builds it (:func:`pipeline.vertex.run_job_locally`).
+way Vertex AI builds it (:func:`pipeline.cloud.vertex.run_job_locally`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from google.cloud import aiplatform_v1
 from google.cloud.aiplatform_v1.services.job_service.transports import JobServiceGrpcTransport
 from google.rpc import status_pb2
 
-from pipeline import storage, vertex
-from pipeline.config import load_config, read_config
+from pipeline.cloud import vertex
+from pipeline.core import storage
+from pipeline.core.config import load_config, read_config
 
 CLOUD = ["runtime.gcp_project=test-project", "runtime.gcp_region=us-central1",
          "runtime.image=us-central1-docker.pkg.dev/test-project/higgs/higgs:1",
@@ -55,7 +56,7 @@ def test_multi_worker_job_has_chief_and_worker_pools():
         assert pool.machine_spec.accelerator_type == aiplatform_v1.AcceleratorType.NVIDIA_TESLA_T4
         assert pool.machine_spec.accelerator_count == 2
         assert pool.container_spec.image_uri == cfg.runtime.image
-        assert list(pool.container_spec.command) == ["python", "-m", "pipeline.vertex"]
+        assert list(pool.container_spec.command) == ["python", "-m", "pipeline.cloud.vertex"]
     args = list(pools[0].container_spec.args)
     assert args[:7] == ["train", "--data", DATA, "--out", RUN, "--preset", "full"]
     assert "train.strategy=multi_worker" in args
@@ -330,7 +331,7 @@ def test_job_json_examples_are_current():
 
 def test_run_training_with_vertex_backend_goes_to_vertex():
     """`higgs train` with runtime.backend=vertex reaches the Vertex path (its config check)."""
-    from pipeline import train
+    from pipeline.training import train
 
     cfg = load_config("sample", overrides=["runtime.backend=vertex"])
     with pytest.raises(vertex.VertexConfigError, match=r"runtime\.gcp_project is empty"):

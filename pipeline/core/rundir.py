@@ -1,0 +1,180 @@
+"""The run directory: the one module that knows its paths and files (contract: run directory).
+
+    python -c "from pipeline.core import rundir; print(rundir.read_result('runs/try'))"
+
+Layout (local or gs://; every other module asks this one for a path)::
+
+    RUN/config.yaml                  the resolved config
+    RUN/history.json                 {"epoch": [...], "loss": [...], "val_auc": [...], "lr": [...]}
+    RUN/model/model.keras            the trained model (best validation AUC)
+    RUN/model/saved_model/           serving signature float32 [None, 28] -> probability [None, 1]
+    RUN/logs/                        TensorBoard
+    RUN/checkpoints/backup/          BackupAndRestore (a killed run resumes at the next epoch)
+    RUN/checkpoints/best_model.keras the best epoch so far
+    RUN/report/metrics.json          auc, auc_ci95, accuracy, log_loss, test_rows, ...
+    RUN/report/blessing.json         the blessing decision
+    RUN/report/report.md             the readable report (plus *.png)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.core import storage
+from pipeline.core.errors import PipelineError
+
+CONFIG = "config.yaml"
+HISTORY = "history.json"
+MODEL_DIR = "model"
+MODEL_FILE = "model.keras"
+SAVED_MODEL_DIR = "saved_model"
+LOGS_DIR = "logs"
+CHECKPOINTS_DIR = "checkpoints"
+BACKUP_DIR = "backup"
+BEST_FILE = "best_model.keras"
+REPORT_DIR = "report"
+METRICS_FILE = "metrics.json"
+BLESSING_FILE = "blessing.json"
+REPORT_FILE = "report.md"
+
+# history.json keys (the evaluation report plots them); extra keys may follow.
+HISTORY_KEYS = ("epoch", "loss", "auc", "accuracy", "val_loss", "val_auc", "val_accuracy", "lr")
+
+
+class RunDirError(PipelineError):
+    """A run directory is missing a file a later step needs."""
+
+
+def config_path(run: str | Path) -> str:
+    """``RUN/config.yaml``."""
+    return storage.join(str(run), CONFIG)
+
+
+def history_path(run: str | Path) -> str:
+    """``RUN/history.json``."""
+    return storage.join(str(run), HISTORY)
+
+
+def model_dir(run: str | Path) -> str:
+    """``RUN/model``."""
+    return storage.join(str(run), MODEL_DIR)
+
+
+def model_path(run: str | Path) -> str:
+    """``RUN/model/model.keras``."""
+    return storage.join(str(run), MODEL_DIR, MODEL_FILE)
+
+
+def saved_model_dir(run: str | Path) -> str:
+    """``RUN/model/saved_model``."""
+    return storage.join(str(run), MODEL_DIR, SAVED_MODEL_DIR)
+
+
+def logs_dir(run: str | Path) -> str:
+    """``RUN/logs`` (TensorBoard)."""
+    return storage.join(str(run), LOGS_DIR)
+
+
+def checkpoints_dir(run: str | Path) -> str:
+    """``RUN/checkpoints``."""
+    return storage.join(str(run), CHECKPOINTS_DIR)
+
+
+def backup_dir(run: str | Path) -> str:
+    """``RUN/checkpoints/backup`` (BackupAndRestore)."""
+    return storage.join(str(run), CHECKPOINTS_DIR, BACKUP_DIR)
+
+
+def best_model_path(run: str | Path) -> str:
+    """``RUN/checkpoints/best_model.keras``."""
+    return storage.join(str(run), CHECKPOINTS_DIR, BEST_FILE)
+
+
+def report_dir(run: str | Path) -> str:
+    """``RUN/report``."""
+    return storage.join(str(run), REPORT_DIR)
+
+
+def metrics_path(run: str | Path) -> str:
+    """``RUN/report/metrics.json``."""
+    return storage.join(str(run), REPORT_DIR, METRICS_FILE)
+
+
+def blessing_path(run: str | Path) -> str:
+    """``RUN/report/blessing.json``."""
+    return storage.join(str(run), REPORT_DIR, BLESSING_FILE)
+
+
+def report_path(run: str | Path) -> str:
+    """``RUN/report/report.md``."""
+    return storage.join(str(run), REPORT_DIR, REPORT_FILE)
+
+
+# --- history.json -----------------------------------------------------------------------------
+
+
+def read_history(run: str | Path) -> dict[str, list[Any]]:
+    """Return ``RUN/history.json`` ({} when there is none)."""
+    uri = history_path(run)
+    if not storage.exists(uri):
+        return {}
+    return json.loads(storage.read_text(uri))
+
+
+def write_history(run: str | Path, history: dict[str, list[Any]]) -> None:
+    """Write ``RUN/history.json`` atomically (a reader or a kill never sees half a file)."""
+    storage.write_text(history_path(run), json.dumps(history, indent=1))
+
+
+def best_val_auc(history: dict[str, list[Any]]) -> float:
+    """The best validation AUC over the epochs of ``history`` (nan when none was logged)."""
+    values = [v for v in history.get("val_auc", []) if v is not None and not math.isnan(v)]
+    return max(values) if values else float("nan")
+
+
+# --- the result of a finished run ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished training run produced.
+
+    Attributes:
+        run_dir: the run directory (local or gs://).
+        model_path: ``RUN/model/model.keras``.
+        epochs: epochs actually run (including those before a resume).
+        best_val_auc: best validation AUC over the epochs (Keras' 200-threshold estimate).
+        history: the content of ``RUN/history.json``.
+        job: where the run ran when that is not this machine (e.g. the Vertex AI job's name,
+            state and console page); empty otherwise.
+    """
+
+    run_dir: str
+    model_path: str
+    epochs: int
+    best_val_auc: float
+    history: dict[str, list[Any]]
+    job: dict[str, str] | None = None
+
+    @classmethod
+    def from_history(cls, run: str | Path, history: dict[str, list[Any]],
+                     job: dict[str, str] | None = None) -> TrainResult:
+        """A result for ``run`` with the given history (no file is read)."""
+        return cls(str(run), model_path(run), len(history.get("epoch", [])), best_val_auc(history),
+                   history, job)
+
+    @classmethod
+    def from_run_dir(cls, run: str | Path, job: dict[str, str] | None = None) -> TrainResult:
+        """Read a finished run directory.
+
+        Raises:
+            RunDirError: ``history.json`` or ``model/model.keras`` is missing.
+        """
+        if not storage.exists(history_path(run)) or not storage.exists(model_path(run)):
+            raise RunDirError(f"{run} has no finished run ({HISTORY} / {MODEL_DIR}/{MODEL_FILE} missing); "
+                              f"train into it first: higgs train --data DATA --out {run}")
+        return cls.from_history(run, read_history(run), job)

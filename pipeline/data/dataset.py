@@ -1,0 +1,84 @@
+"""A converted dataset: ``DATA/manifest.json`` and the shard files it lists.
+
+    python -c "from pipeline.data.dataset import load_manifest; print(load_manifest('data/sample')['rows'])"
+
+A directory without a manifest is not a dataset: the converter writes ``manifest.json``
+last, so its presence means every shard it lists is complete. Shard paths in the
+manifest are relative to the dataset directory, so a dataset can be copied or moved
+(local ↔ gs://) as a whole.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pipeline.core import schema, storage
+from pipeline.core.errors import PipelineError
+
+
+class DatasetError(PipelineError):
+    """The location is not a complete dataset; the message says what to run."""
+
+
+def manifest_uri(data: str) -> str:
+    """Return the manifest location of a dataset directory (local path or gs://)."""
+    return storage.join(data, schema.MANIFEST_NAME)
+
+
+def load_manifest(data: str) -> dict[str, Any]:
+    """Read and sanity-check ``DATA/manifest.json``.
+
+    Args:
+        data: dataset directory, local or gs://.
+
+    Returns:
+        The manifest as a dict (contract fields: rows, bad_rows, source, shards, features).
+
+    Raises:
+        DatasetError: no manifest (an unfinished or foreign directory), unreadable JSON,
+            or features that do not match :data:`pipeline.core.schema.FEATURES`.
+    """
+    uri = manifest_uri(data)
+    try:
+        text = storage.read_text(uri)
+    except FileNotFoundError:
+        raise DatasetError(
+            f"{data} is not a dataset (no {schema.MANIFEST_NAME}); create it with "
+            f"'higgs convert --source FILE.csv.gz --out {data}'"
+        ) from None
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{uri} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    missing = [k for k in ("rows", "shards", "features") if k not in manifest]
+    if missing:
+        raise DatasetError(f"{uri} lacks {', '.join(missing)}; rebuild with 'higgs convert --overwrite'")
+    if tuple(manifest["features"]) != schema.FEATURES:
+        raise DatasetError(f"{uri} lists other features than this version's schema; rebuild it")
+    return manifest
+
+
+def shard_paths(data: str, split: str, manifest: dict[str, Any] | None = None) -> list[str]:
+    """Return the full paths of one split's shard files, in manifest order.
+
+    Args:
+        data: dataset directory, local or gs://.
+        split: one of :data:`pipeline.core.schema.SPLITS`.
+        manifest: an already loaded manifest (read from ``data`` when omitted).
+
+    Raises:
+        DatasetError: unknown split, or a split with no shards.
+    """
+    if split not in schema.SPLITS:
+        raise DatasetError(f"unknown split {split!r}; splits are: {', '.join(schema.SPLITS)}")
+    manifest = manifest or load_manifest(data)
+    shards = manifest["shards"].get(split) or []
+    if not shards:
+        raise DatasetError(f"dataset {data} has no {split} shards")
+    return [storage.join(data, s["path"]) for s in shards]
+
+
+def split_rows(manifest: dict[str, Any], split: str) -> int:
+    """Number of records in one split according to the manifest."""
+    return int(manifest["rows"][split])

@@ -1,0 +1,482 @@
+"""Train the wide-and-deep model under a ``tf.distribute`` strategy and write the run directory.
+
+    higgs train --data data/sample --out runs/try --preset sample
+    higgs train --data data/sample --out runs/mw --preset sample --workers 2
+    higgs train --data data/sample --out runs/x --preset full --estimate
+
+:func:`run_training` writes (chief only; other workers of a cluster write to temporary
+directories they delete, TensorFlow's multi-worker saving rule)::
+
+    RUN/config.yaml            the resolved config
+    RUN/model/model.keras      the model with the best validation AUC (EarlyStopping restores it)
+    RUN/logs/                  TensorBoard
+    RUN/checkpoints/backup/    BackupAndRestore: a killed run resumes at the next epoch
+    RUN/checkpoints/best_model.keras
+    RUN/history.json           {"epoch": [...], "loss": [...], "auc": [...], ..., "lr": [...]}
+
+This module trains in this process only: alone, or as one worker of a ``TF_CONFIG`` cluster.
+Which backend runs it (here, a local cluster of worker processes, a Vertex AI job) is chosen
+above it, in :mod:`pipeline.backends`. :func:`estimate` times a few real steps and prints the
+expected time of a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.core import rundir
+from pipeline.core.config import Config, write_config
+from pipeline.core.errors import PipelineError
+from pipeline.core.rundir import TrainResult
+from pipeline.core.tfk import keras
+from pipeline.data import dataset
+from pipeline.training import strategy as strategy_lib
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+log = logging.getLogger(__name__)
+
+ESTIMATE_MAX_SPE = 4  # steps_per_execution used by estimate() (see there)
+
+
+class TrainError(PipelineError):
+    """Training could not run or a worker failed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Measured step times and the run time they imply (``higgs train --estimate``)."""
+
+    strategy: str
+    replicas: int
+    global_batch: int
+    steps_per_epoch: int
+    validation_steps: int
+    epochs: int
+    step_s: float
+    val_step_s: float
+    timed_steps: int
+    note: str = ""
+
+    @property
+    def epoch_s(self) -> float:
+        """Expected seconds per epoch (training steps plus validation)."""
+        return self.steps_per_epoch * self.step_s + self.validation_steps * self.val_step_s
+
+    @property
+    def run_s(self) -> float:
+        """Expected seconds for all configured epochs (no early stop)."""
+        return self.epochs * self.epoch_s
+
+    @property
+    def examples_per_s(self) -> float:
+        """Training examples per second across all replicas."""
+        return self.global_batch / self.step_s if self.step_s > 0 else float("nan")
+
+    def summary(self) -> str:
+        """Human-readable lines: what was measured and the expected times."""
+        lines = [
+            f"measured {self.timed_steps} training steps after warm-up on {self.strategy} "
+            f"({self.replicas} replica(s), global batch {self.global_batch}): "
+            f"{self.step_s * 1000:.1f} ms/step, {self.examples_per_s:,.0f} examples/s; "
+            f"validation {self.val_step_s * 1000:.1f} ms/step",
+            f"expected per epoch: {_duration(self.epoch_s)} ({self.steps_per_epoch} steps + "
+            f"{self.validation_steps} validation steps)",
+            f"expected per run:   {_duration(self.run_s)} ({self.epochs} epochs, without early stopping)",
+        ]
+        if self.note:
+            lines.append(self.note)
+        return "\n".join(lines)
+
+
+# --- entry points ----------------------------------------------------------------------------
+
+
+def run_training(cfg: Config, data: str, run_dir: str) -> TrainResult:
+    """Train a model on ``data`` into ``run_dir`` in this process (resumes an interrupted run).
+
+    Alone this process is the whole run; under ``TF_CONFIG`` it is one worker of a
+    MultiWorkerMirroredStrategy cluster (worker 0, the chief, writes ``run_dir``). To run on a
+    local cluster of processes or on Vertex AI, call :func:`pipeline.backends.train`.
+
+    Args:
+        cfg: resolved config (``model``, ``train``).
+        data: dataset directory (local or gs://) with ``manifest.json``.
+        run_dir: local run directory; created if missing.
+
+    Returns:
+        :class:`~pipeline.core.rundir.TrainResult` of the chief's outputs.
+
+    Raises:
+        TrainError: the run directory is unusable.
+        pipeline.data.dataset.DatasetError: ``data`` is not a dataset.
+        pipeline.training.strategy.StrategyError: the strategy cannot be created here.
+    """
+    if "://" in run_dir:
+        raise TrainError(f"run directory {run_dir} must be a local path; "
+                         "'higgs publish --run RUN --to gs://…' copies a finished run to GCS")
+    if cfg.train.workers > 1 and not strategy_lib.is_worker_process():
+        raise TrainError(f"train.workers={cfg.train.workers} needs a cluster: run it through "
+                         "pipeline.backends.train (higgs train --workers N starts one on 127.0.0.1)")
+    dataset.load_manifest(data)  # fail on a bad path before starting anything heavy
+    return _train_here(cfg, data, Path(run_dir))
+
+
+def estimate(cfg: Config, data: str, *, min_seconds: float = 3.0, max_steps: int = 200) -> Estimate:
+    """Time real training and validation steps (after warm-up) and extrapolate to a run.
+
+    Nothing is written. With ``train.workers > 1`` and no cluster the steps are timed in this
+    one process and the note says so.
+
+    Args:
+        cfg: resolved config.
+        data: dataset directory.
+        min_seconds: keep timing until this much time has passed (or ``max_steps``).
+        max_steps: upper bound of timed training steps.
+
+    Returns:
+        An :class:`Estimate`; ``.summary()`` is what ``higgs train --estimate`` prints.
+    """
+    manifest = dataset.load_manifest(data)
+    note = ""
+    if cfg.train.workers > 1 and not strategy_lib.is_worker_process():
+        note = (f"note: timed in one process; --workers {cfg.train.workers} on one machine shares its "
+                "cores, on separate machines each worker runs about this fast per replica")
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, workers=1, strategy="auto"))
+    if cfg.train.steps_per_execution > ESTIMATE_MAX_SPE:
+        # The first execution is the warm-up and two more are timed: with 32 steps each a big
+        # model on a CPU would take minutes before the first figure.
+        note = "\n".join(filter(None, [note, (
+            f"note: timed with steps_per_execution={ESTIMATE_MAX_SPE} instead of "
+            f"{cfg.train.steps_per_execution}; the run itself may be a little faster per step")]))
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
+                                                                 steps_per_execution=ESTIMATE_MAX_SPE))
+    strategy = strategy_lib.make_strategy(cfg.train)  # before any other TensorFlow op
+    from pipeline.training import inputs
+
+    replicas = strategy.num_replicas_in_sync
+    gbs = inputs.global_batch_size(cfg, replicas)
+    steps = cfg.train.steps_per_epoch or inputs.steps_for(manifest, "training", gbs)
+    val_steps = cfg.train.validation_steps or inputs.steps_for(manifest, "validation", gbs)
+    model = compiled_model(cfg, strategy, steps)
+    spe = cfg.train.steps_per_execution
+    train_ds = inputs.distributed_dataset(strategy, data, "training", cfg, True, manifest=manifest)
+    timer = _StepTimer(min_seconds=min_seconds, max_steps=max_steps)
+    # One long "epoch" that the timer stops once it has measured enough executions.
+    model.fit(train_ds, epochs=1, steps_per_epoch=max(steps, spe * 4, max_steps + 2 * spe),
+              callbacks=[timer], verbose=0)
+    val_ds = inputs.distributed_dataset(strategy, data, "validation", cfg, False, manifest=manifest,
+                                        repeat=True, drop_remainder=True)
+    k = max(2, min(val_steps, 5))
+    model.evaluate(val_ds, steps=k, verbose=0)  # warm-up: traces and compiles the test step
+    start = time.perf_counter()
+    model.evaluate(val_ds, steps=k, verbose=0)
+    val_step_s = (time.perf_counter() - start) / k
+    return Estimate(strategy=type(strategy).__name__, replicas=replicas, global_batch=gbs,
+                    steps_per_epoch=steps, validation_steps=val_steps, epochs=cfg.train.epochs,
+                    step_s=timer.step_s, val_step_s=val_step_s, timed_steps=timer.timed_steps, note=note)
+
+
+# --- the training run ------------------------------------------------------------------------
+
+
+def resolve_precision(mixed_precision: str, strategy: tf.distribute.Strategy) -> str:
+    """Return the dtype policy name for ``train.mixed_precision`` on this strategy's hardware.
+
+    ``auto`` is ``mixed_bfloat16`` on TPU, ``mixed_float16`` on GPU and ``float32`` on CPU
+    (CPUs gain nothing from float16 and bfloat16 matmuls are slow on most of them).
+    """
+    if mixed_precision != "auto":
+        return mixed_precision
+    if strategy_lib.is_tpu(strategy):
+        return "mixed_bfloat16"
+    import tensorflow as tf
+
+    return "mixed_float16" if tf.config.list_logical_devices("GPU") else "float32"
+
+
+def compiled_model(cfg: Config, strategy: tf.distribute.Strategy, steps_per_epoch: int) -> Any:
+    """Build and compile the model and optimizer inside ``strategy.scope()``.
+
+    Args:
+        cfg: resolved config (``model``; ``train`` optimizer, precision, XLA, steps_per_execution).
+        strategy: the run's strategy (its hardware picks the ``auto`` precision).
+        steps_per_epoch: global optimizer steps per epoch (for learning-rate schedules).
+
+    Returns:
+        The compiled ``keras.Model`` (loss binary cross-entropy, metrics ``auc``, ``accuracy``).
+    """
+    from pipeline.training import optim
+    from pipeline.training.model import build_wide_and_deep
+
+    precision = resolve_precision(cfg.train.mixed_precision, strategy)
+    with strategy.scope():
+        model = build_wide_and_deep(cfg.model, dtype_policy=None if precision == "float32" else precision)
+        optimizer = optim.build_optimizer(cfg.train, steps_per_epoch)
+        if precision == "mixed_float16":
+            # float16 gradients underflow without loss scaling (bfloat16 has float32's range).
+            optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+        model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.BinaryCrossentropy(),
+            metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
+            steps_per_execution=cfg.train.steps_per_execution,
+            jit_compile=cfg.train.jit_compile,
+        )
+    import tensorflow as tf
+
+    log.info("model: %d parameters, dtype policy %s, jit_compile=%s, steps_per_execution=%d "
+             "(TensorFlow %s, tf_keras %s)", model.count_params(), precision, cfg.train.jit_compile,
+             cfg.train.steps_per_execution, tf.__version__, keras.__version__)
+    return model
+
+
+def _train_here(cfg: Config, data: str, run_dir: Path) -> TrainResult:
+    """Train in this process (alone, or as one worker of a TF_CONFIG cluster)."""
+    strategy = strategy_lib.make_strategy(cfg.train)  # must precede every other TensorFlow op
+    from pipeline.training import inputs, optim
+
+    task_type, task_id, chief = strategy_lib.task_info(strategy)
+    manifest = dataset.load_manifest(data)
+    replicas = strategy.num_replicas_in_sync
+    gbs = inputs.global_batch_size(cfg, replicas)
+    steps = cfg.train.steps_per_epoch or inputs.steps_for(manifest, "training", gbs)
+    val_steps = cfg.train.validation_steps or inputs.steps_for(manifest, "validation", gbs)
+    log.info("%s %d of %s: %d replica(s) in sync, global batch %d, %d steps/epoch, %d validation steps",
+             task_type, task_id, type(strategy).__name__, replicas, gbs, steps, val_steps)
+
+    # Non-chief workers run the same saving code into a private directory (TensorFlow's
+    # multi-worker rule: every worker saves, only the chief's copy is kept).
+    out = run_dir if chief else Path(tempfile.mkdtemp(prefix=f"higgs-{task_type}{task_id}-"))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if chief:
+            write_config(cfg, rundir.config_path(out))
+        model = compiled_model(cfg, strategy, steps)
+        train_ds = inputs.distributed_dataset(strategy, data, "training", cfg, True, manifest=manifest)
+        # Repeated + full batches: every replica sees the same number of validation steps,
+        # and Keras starts a fresh iterator per evaluation, so each epoch sees the same rows.
+        val_ds = inputs.distributed_dataset(strategy, data, "validation", cfg, False, manifest=manifest,
+                                            repeat=True, drop_remainder=True)
+        history_cb = HistoryJson(out)
+        callbacks = [
+            # Shared by all workers: BackupAndRestore itself redirects non-chief writes.
+            keras.callbacks.BackupAndRestore(rundir.backup_dir(run_dir)),
+            optim.WeightNormCallback(),
+            EtaLogger(epochs=cfg.train.epochs, steps_per_epoch=steps, enabled=chief),
+        ]
+        if cfg.train.reduce_lr:
+            callbacks.append(keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", mode="min", factor=cfg.train.reduce_lr_factor,
+                patience=cfg.train.reduce_lr_patience, min_delta=cfg.train.reduce_lr_min_delta,
+                min_lr=cfg.train.reduce_lr_min_lr, verbose=1 if chief else 0))
+        callbacks += [
+            keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
+                                          patience=cfg.train.early_stopping_patience,
+                                          restore_best_weights=True, verbose=1 if chief else 0),
+            keras.callbacks.ModelCheckpoint(rundir.best_model_path(run_dir), monitor="val_auc",
+                                            mode="max", save_best_only=True),
+            keras.callbacks.TensorBoard(rundir.logs_dir(run_dir), update_freq="epoch", profile_batch=0),
+            history_cb,
+        ]
+        start = time.perf_counter()
+        model.fit(train_ds, epochs=cfg.train.epochs, steps_per_epoch=steps, validation_data=val_ds,
+                  validation_steps=val_steps, callbacks=callbacks, verbose=2 if chief else 0)
+        elapsed = time.perf_counter() - start
+
+        model_path = Path(rundir.model_path(out))
+        model_path.parent.mkdir(parents=True, exist_ok=True)
+        model.save(model_path)  # every worker saves (reads of synced variables are collective)
+        digest = weights_digest(model)
+        steps_done = int(model.optimizer.iterations.numpy())
+        log.info("finished: %d optimizer steps in %.1f s; weights_sha256=%s", steps_done, elapsed, digest)
+        _barrier(strategy)  # the chief must not exit while other workers still talk to it
+    finally:
+        if not chief:
+            shutil.rmtree(out, ignore_errors=True)
+    if not chief:  # its outputs are gone; report the chief's paths with this worker's history
+        return TrainResult.from_history(run_dir, history_cb.history)
+    return TrainResult.from_run_dir(run_dir)
+
+
+def weights_digest(model: Any) -> str:
+    """SHA-256 over all weights of ``model`` (bit-exact; equal on all workers of a synced run)."""
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(str(w.dtype).encode())
+        h.update(str(w.shape).encode())
+        h.update(w.tobytes())
+    return h.hexdigest()
+
+
+def _barrier(strategy: tf.distribute.Strategy) -> None:
+    """Block until every worker got here: one all-reduce across the cluster."""
+    if not strategy_lib.is_worker_process():
+        return
+    import tensorflow as tf
+
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
+    log.debug("barrier passed by %d replicas", int(total.numpy()))
+
+
+# --- callbacks --------------------------------------------------------------------------------
+
+
+class HistoryJson(keras.callbacks.Callback):
+    """Write ``history.json`` after every epoch (kept across resumes).
+
+    Entries for epochs at or after the current one are replaced, so a resumed run keeps the
+    epochs before the interruption and a fresh run in an old directory starts clean. ``lr``
+    is the rate in effect during the epoch (read when it begins).
+    """
+
+    def __init__(self, run: Path) -> None:
+        super().__init__()
+        self.run = run
+        self.history: dict[str, list[Any]] = {k: [] for k in rundir.HISTORY_KEYS}
+        self._lr = float("nan")
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        """Load the history of an interrupted run in the same directory, if any."""
+        try:
+            self.history = rundir.read_history(self.run) or self.history
+        except (OSError, json.JSONDecodeError):
+            log.warning("ignoring unreadable %s", rundir.history_path(self.run))
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        """Remember the learning rate this epoch trains with."""
+        self._lr = current_lr(self.model)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        """Append this epoch's metrics and rewrite the file atomically."""
+        logs = logs or {}
+        epochs = self.history.get("epoch", [])
+        keep = [i for i, e in enumerate(epochs) if e < epoch]
+        history = {k: [v[i] for i in keep] for k, v in self.history.items() if len(v) == len(epochs)}
+        row: dict[str, Any] = {"epoch": epoch, "lr": self._lr}
+        row.update({k: logs.get(k) for k in rundir.HISTORY_KEYS[1:-1]})
+        # Kernel norms from optim.WeightNormCallback: total and per layer ("weight_norm/<layer>").
+        row.update({k: v for k, v in logs.items() if k.startswith("weight_norm")})
+        for key, value in row.items():
+            column = history.setdefault(key, [None] * len(keep))
+            column.append(None if value is None else (int(value) if key == "epoch" else float(value)))
+        self.history = history
+        rundir.write_history(self.run, history)  # atomic: a reader (or a kill) never sees half a file
+
+
+def current_lr(model: Any) -> float:
+    """The optimizer's current learning rate as a float (schedules evaluated at this step)."""
+    return float(keras.backend.get_value(model.optimizer.learning_rate))
+
+
+class EtaLogger(keras.callbacks.Callback):
+    """Log progress and the estimated time of the whole run.
+
+    After the first execution (which includes tracing/compilation) it times the following
+    steps for about two seconds and logs the expected time per epoch and for the run; after
+    every epoch it updates the estimate from the measured epoch times (validation included).
+
+    Args:
+        epochs: epochs of the run.
+        steps_per_epoch: optimizer steps per epoch.
+        enabled: log (the chief) or only measure (other workers).
+    """
+
+    def __init__(self, epochs: int, steps_per_epoch: int, enabled: bool = True) -> None:
+        super().__init__()
+        self.epochs, self.steps_per_epoch, self.enabled = epochs, steps_per_epoch, enabled
+        self.first_epoch: int | None = None
+        self.epoch_times: list[float] = []
+        self.step_s = float("nan")
+        self._warm: tuple[float, int] | None = None
+        self._epoch, self._epoch_start = 0, time.perf_counter()
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        """Log the epoch (and a resume) and start its clock."""
+        if self.first_epoch is None:
+            self.first_epoch = epoch
+            if epoch > 0 and self.enabled:
+                log.info("resumed from the backup at epoch %d/%d", epoch + 1, self.epochs)
+        self._epoch, self._epoch_start = epoch, time.perf_counter()
+        if self.enabled:
+            log.info("epoch %d/%d", epoch + 1, self.epochs)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        """Measure step time after warm-up and log the first estimate once."""
+        # With steps_per_execution = k Keras calls this every k steps with the last index.
+        if not math.isnan(self.step_s):
+            return
+        now, steps = time.perf_counter(), batch + 1
+        if self._warm is None:
+            self._warm = (now, steps)
+            return
+        t0, s0 = self._warm
+        if now - t0 < 2.0 and steps < self.steps_per_epoch:
+            return
+        self.step_s = (now - t0) / (steps - s0)
+        epoch_s = self.step_s * self.steps_per_epoch
+        remaining = self.step_s * (self.steps_per_epoch - steps) + epoch_s * (self.epochs - self._epoch - 1)
+        if self.enabled:
+            log.info("ETA: %.1f ms/step → about %s per epoch (training steps), %s for the run (done ≈ %s)",
+                     self.step_s * 1000, _duration(epoch_s), _duration(remaining), _clock(remaining))
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        """Update the estimate from measured epoch times."""
+        self.epoch_times.append(time.perf_counter() - self._epoch_start)
+        self._warm = None  # batch indices restart every epoch
+        times = self.epoch_times[1:] or self.epoch_times  # the first epoch includes compilation
+        per_epoch = sum(times) / len(times)
+        left = self.epochs - epoch - 1
+        if self.enabled and left > 0:
+            log.info("ETA: %s per epoch measured, %s left for %d epoch(s) (done ≈ %s)",
+                     _duration(per_epoch), _duration(per_epoch * left), left, _clock(per_epoch * left))
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    return time.strftime("%H:%M:%S UTC", time.gmtime(time.time() + max(0.0, seconds)))
+
+
+class _StepTimer(keras.callbacks.Callback):
+    """Callback for :func:`estimate`: time executions after the first, then stop the fit."""
+
+    def __init__(self, min_seconds: float, max_steps: int) -> None:
+        super().__init__()
+        self.min_seconds, self.max_steps = min_seconds, max_steps
+        self._start: tuple[float, int] | None = None
+        self.step_s, self.timed_steps = float("nan"), 0
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        """Record the time of each execution; stop once enough steps were timed."""
+        now = time.perf_counter()
+        if self._start is None:
+            self._start = (now, batch)  # the first execution includes tracing + compilation
+            return
+        t0, b0 = self._start
+        self.timed_steps = batch - b0
+        self.step_s = (now - t0) / self.timed_steps
+        if (now - t0 >= self.min_seconds and self.timed_steps >= 2) or self.timed_steps >= self.max_steps:
+            self.model.stop_training = True
