@@ -22,15 +22,27 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
-from pipeline.core.errors import PipelineError
+from pipeline.core.errors import ConfigError, PipelineError
+
+# Choice-valued fields: the one list of each (the CLI, the flow and the factories read them here).
+Optimizer = Literal["adam", "adamw", "sgd", "rmsprop", "cg"]  # cg = conditional gradient
+TunableOptimizer = Literal["adam", "adamw", "sgd", "rmsprop"]  # cg's rate is not a step size
+Schedule = Literal["constant", "inverse_time", "exponential", "piecewise", "cosine"]
+Precision = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
+StrategyName = Literal["auto", "tpu", "multi_worker", "mirrored", "one_device"]
+Backend = Literal["local", "vertex"]
+Sampler = Literal["tpe", "random"]
+TpuType = Literal["", "v2-8", "v3-8", "v5e-1", "v5e-4", "v5e-8"]  # "" = no TPU
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
-class ConfigError(PipelineError, ValueError):
-    """A configuration value, key or file that cannot be used; the message is one line."""
+def choices(alias: Any) -> tuple[str, ...]:
+    """The values a ``Literal`` alias above admits, e.g. ``choices(StrategyName)``."""
+    return typing.get_args(alias)
 
 
 @dataclass(frozen=True)
@@ -80,7 +92,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # None = one pass over the training split
     validation_steps: int | None = None
     steps_per_execution: int = 32
-    optimizer: str = "adam"  # adam | adamw | sgd | rmsprop | cg (conditional gradient)
+    optimizer: Optimizer = "adam"
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9
@@ -93,7 +105,7 @@ class TrainConfig:
     clipvalue: float | None = None
     global_clipnorm: float | None = None  # clip all gradients together by their global norm
     rmsprop_rho: float = 0.9
-    schedule: str = "constant"  # constant | inverse_time | exponential | piecewise | cosine
+    schedule: Schedule = "constant"
     # 0 = auto: one epoch of steps (inverse_time, exponential), the rest of the run (cosine).
     schedule_decay_steps: int = 0
     schedule_decay_rate: float = 0.5
@@ -111,9 +123,9 @@ class TrainConfig:
     cache: bool = False
     deterministic: bool = False
     seed: int = 42
-    mixed_precision: str = "auto"  # auto | float32 | mixed_float16 | mixed_bfloat16
+    mixed_precision: Precision = "auto"
     jit_compile: bool = False
-    strategy: str = "auto"  # auto | tpu | multi_worker | mirrored | one_device
+    strategy: StrategyName = "auto"
     workers: int = 1
     tpu: str = ""  # TPU name or grpc address for TPUClusterResolver ("" = local / env)
 
@@ -143,10 +155,10 @@ class RuntimeConfig:
     direct_num_workers: int = 1
     runs_root: str = "runs"
     publish_to: str = "runs"
-    backend: str = "local"  # local | vertex
-    log_level: str = "INFO"
-    # Google Cloud (pipeline/cloud/vertex.py, pipeline/cloud/dataflow.py, README.md §Run on Google Cloud). Defaults are
-    # empty on purpose: project ids, buckets and images come from the user's own config file.
+    backend: Backend = "local"
+    log_level: LogLevel = "INFO"
+    # Google Cloud (pipeline/cloud/vertex.py, pipeline/cloud/dataflow.py, docs/cloud.md). Defaults
+    # are empty on purpose: project ids, buckets and images come from the user's own config file.
     gcp_project: str = ""
     gcp_region: str = ""
     temp_location: str = ""  # gs://BUCKET/tmp (Dataflow temp files)
@@ -157,7 +169,7 @@ class RuntimeConfig:
     accelerator_type: str = ""  # e.g. NVIDIA_TESLA_T4; "" = CPU only
     accelerator_count: int = 0
     worker_count: int = 1  # Vertex replicas in total: 1 chief + (worker_count - 1) workers
-    tpu_type: str = ""  # v2-8 | v3-8 | v5e-1 | v5e-4 | v5e-8; set = TPUStrategy job
+    tpu_type: TpuType = ""  # set = TPUStrategy job
     dataflow_machine_type: str = "n2-standard-4"
     dataflow_max_workers: int = 16
     presplit_parts: int = 0  # >0: split one .csv.gz into N gzip parts before converting
@@ -175,7 +187,7 @@ class TuneConfig:
     trials: int = 30
     parallel: int = 1  # trials at once, each its own training process
     epochs: int = 4  # per trial
-    sampler: str = "tpe"  # tpe | random
+    sampler: Sampler = "tpe"
     seed: int = 0
     blocks: tuple[int, ...] = (2, 3, 4, 5)
     units: tuple[int, ...] = (256, 512, 1024, 2048)
@@ -183,7 +195,7 @@ class TuneConfig:
     dropout_max: float = 0.3
     learning_rate_min: float = 1e-4
     learning_rate_max: float = 1e-2
-    optimizers: tuple[str, ...] = ("adam", "adamw", "sgd", "rmsprop")
+    optimizers: tuple[TunableOptimizer, ...] = ("adam", "adamw", "sgd", "rmsprop")
     batch_sizes: tuple[int, ...] = (512, 1024, 2048, 4096)  # per replica
     trial_timeout_s: int = 0  # 0 = no limit
 
@@ -253,11 +265,11 @@ def load_config(
         overrides: strings ``section.key=value``; values are parsed as YAML scalars.
 
     Returns:
-        The frozen, type-checked :class:`Config`.
+        The frozen, type-checked and validated (:func:`validate`) :class:`Config`.
 
     Raises:
-        ConfigError: unknown preset, section or key, a value of the wrong type, or an
-            unreadable file.
+        ConfigError: unknown preset, section or key, a value of the wrong type or out of
+            range, an impossible combination, or an unreadable file.
     """
     file_values: dict[str, Any] = {}
     if path is not None:
@@ -268,7 +280,7 @@ def load_config(
     cfg = Config(preset=preset)
     cfg = merge(cfg, PRESETS[preset])
     cfg = merge(cfg, file_values)
-    return apply_overrides(cfg, overrides)
+    return validate(apply_overrides(cfg, overrides))
 
 
 def merge(cfg: Config, values: dict[str, Any]) -> Config:
@@ -331,6 +343,23 @@ def require_runtime(cfg: Config, keys: typing.Iterable[str], needed_by: str,
                         f"(README.md §Run on Google Cloud), e.g. --set runtime.{key}=…")
 
 
+
+def validate(cfg: Config) -> Config:
+    """Check ranges and cross-field rules of a whole config; return it unchanged.
+
+    :func:`load_config` and :func:`read_config` call this, so every entry point (CLI, flow,
+    tune trials, local workers, Vertex AI replicas) rejects a bad value before any download,
+    conversion or training. Call it again after changing a loaded config with :func:`merge`
+    or ``dataclasses.replace``. The rules live in :mod:`pipeline.core.config_rules`.
+
+    Raises:
+        ConfigError: one line naming the first offending key and the fix.
+    """
+    from pipeline.core import config_rules
+
+    config_rules.check(cfg)
+    return cfg
+
 def to_dict(cfg: Config) -> dict[str, Any]:
     """Return the config as plain nested dicts/lists (tuples become lists), YAML-ready."""
 
@@ -365,13 +394,18 @@ def write_config(cfg: Config, path: str | Path) -> Path:
 
 
 def read_config(path: str | Path) -> Config:
-    """Read a config written by :func:`write_config` (a full tree, no preset merging)."""
-    return from_dict(_read_yaml(Path(path)))
+    """Read and validate a config written by :func:`write_config` (a full tree, no preset merging).
+
+    ``path`` may be a ``gs://`` object (a Vertex AI job's replicas read theirs from there).
+    """
+    return validate(from_dict(_read_yaml(path)))
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    from pipeline.core import storage
+
     try:
-        text = path.read_text()
+        text = storage.read_text(str(path)) if storage.is_gcs(str(path)) else Path(path).read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     try:
@@ -399,6 +433,12 @@ def _replace_section(section: str, current: Any, values: dict[str, Any]) -> Any:
 def _check(name: str, value: Any, hint: Any) -> Any:
     """Return ``value`` converted to ``hint`` where lossless, else raise ConfigError."""
     origin = typing.get_origin(hint)
+    if origin is Literal:
+        options = typing.get_args(hint)
+        if isinstance(value, str) and value in options:
+            return value
+        shown = ", ".join(repr(o) if o == "" else str(o) for o in options)
+        raise ConfigError(f"unknown {name} {value!r}; choose one of: {shown}")
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:
