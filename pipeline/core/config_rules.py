@@ -11,19 +11,17 @@ naming the key and the fix.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from pipeline.core.config_tree import (
+    Config,
+    DataConfig,
+    EvaluateConfig,
+    ModelConfig,
+    RuntimeConfig,
+    TrainConfig,
+)
 from pipeline.core.errors import ConfigError
-
-if TYPE_CHECKING:
-    from pipeline.core.config import (
-        Config,
-        DataConfig,
-        EvaluateConfig,
-        ModelConfig,
-        RuntimeConfig,
-        TrainConfig,
-    )
 
 
 def check(cfg: Config) -> None:
