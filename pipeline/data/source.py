@@ -2,7 +2,7 @@
 
     higgs fetch --preset full        # download the UCI file (resumes, verifies) into data/sources/
     higgs fetch --preset sample      # generate the embedded sample with pipeline.data.synth
-    python -c "from pipeline import source; print(source.fingerprint('data/sources/HIGGS.csv.gz'))"
+    python -c "from pipeline.data import source; print(source.fingerprint('data/sources/HIGGS.csv.gz'))"
 
 A source is one of:
 
