@@ -44,7 +44,7 @@ def _config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Config:
 def cmd_synth(args: argparse.Namespace) -> int:
     from pipeline.data import synth
 
-    result = synth.write_csv(args.out, rows=args.rows, seed=args.seed)
+    result = synth.write_csv(args.out, rows=args.rows, seed=args.seed, fmt=args.format)
     print(f"wrote {result.rows} events ({result.signal_fraction:.1%} signal) to {result.path} "
           f"[{result.events_per_s:,.0f} events/s generated, {result.write_rows_per_s:,.0f} rows/s written]")
     return 0
@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, required=True)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", required=True, metavar="FILE.csv.gz")
+    p.add_argument("--format", default="uci", choices=["uci", "compact"],
+                   help="uci: every value as %%.18e like the real HIGGS.csv.gz (default); "
+                        "compact: shortest float32 text")
     p.set_defaults(handler=cmd_synth)
 
     p = sub.add_parser("fetch", help="download or generate the source file (resumes, verifies)")

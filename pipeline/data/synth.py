@@ -68,10 +68,15 @@ maximum |φ| (1.7433). The constants are fixed in :data:`COLUMN_DIVISORS` (re-de
 from __future__ import annotations
 
 import os
+import struct
+import threading
 import time
 import uuid
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -529,10 +534,6 @@ def calibrate(rows: int = 400_000, seed: int = 12345) -> np.ndarray:
 
 # --- writing ---------------------------------------------------------------------------------
 
-_GZIP_LEVEL = 1  # ISA-L level 1: ~0.47 of the text size at several hundred MB/s
-_GZIP_PIECE = 4 << 20
-
-
 FORMATS = ("uci", "compact")
 
 
@@ -573,38 +574,136 @@ def format_csv(labels: np.ndarray, features: np.ndarray, fmt: str = "uci") -> by
     return sink.getvalue().to_pybytes()
 
 
-def write_csv(out: str | Path, rows: int, seed: int, chunk_rows: int = 65_536) -> SynthResult:
+_GZIP_PIECE = 4 << 20  # text is compressed in fixed pieces: the file does not depend on chunk_rows
+# compact: ISA-L level 1 (~0.47 of the text at several hundred MB/s), as it always was.
+_COMPACT_LEVEL = 1
+# uci: zlib level 6 like gzip's default, so the file is as big as the real one (11M rows:
+# ~2.86 GB against the real 2,816,407,858 bytes; ISA-L level 3 would give 3.1 GB), compressed
+# pigz-style: each piece is its own deflate run primed with the previous 32 kB, so pieces
+# compress on several threads and still form one ordinary gzip member.
+_UCI_LEVEL = 6
+_WINDOW = 32 << 10
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, mtime 0, OS unknown
+_DEFLATE_END = b"\x03\x00"  # an empty final block: ends the deflate stream after SYNC_FLUSHed pieces
+
+
+def _deflate_piece(piece: bytes, zdict: bytes) -> bytes:
+    """Raw deflate of one piece, primed with the text before it, ending byte-aligned."""
+    import zlib
+
+    args = (_UCI_LEVEL, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY)
+    c = zlib.compressobj(*args, zdict) if zdict else zlib.compressobj(*args)
+    return c.compress(piece) + c.flush(zlib.Z_SYNC_FLUSH)
+
+
+class _Sink:
+    """Writes text in order as a deterministic gzip file; ``fmt`` picks the compressor.
+
+    ``compact``: ISA-L level 1 on one thread (its output depends on how the input is split, so
+    it is fed fixed pieces). ``uci``: zlib level 6 on a thread pool, one task per piece, joined
+    in order with the gzip header, CRC-32 and length written here.
+    """
+
+    def __init__(self, raw: BinaryIO, fmt: str, threads: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.raw, self.fmt = raw, fmt
+        self.pending = bytearray()
+        self.tail = b""  # the last 32 kB of text before the next piece (its deflate dictionary)
+        self.crc, self.size = 0, 0
+        self.in_flight: deque[Future] = deque()
+        self.threads = threads
+        if fmt == "compact":
+            from isal import igzip
+
+            self.gz = igzip.IGzipFile(filename="", mode="wb", fileobj=raw,
+                                      compresslevel=_COMPACT_LEVEL, mtime=0)
+            self.pool = None
+        else:
+            self.gz = None
+            self.pool = ThreadPoolExecutor(threads, thread_name_prefix="deflate")
+            raw.write(_GZIP_HEADER)
+
+    def write(self, text: bytes) -> None:
+        self.pending.extend(text)
+        whole = len(self.pending) - len(self.pending) % _GZIP_PIECE
+        with memoryview(self.pending) as view:
+            for i in range(0, whole, _GZIP_PIECE):
+                self._piece(bytes(view[i:i + _GZIP_PIECE]))
+        del self.pending[:whole]
+
+    def _piece(self, piece: bytes) -> None:
+        if self.gz is not None:
+            self.gz.write(piece)
+            return
+        from isal import isal_zlib
+
+        self.crc = isal_zlib.crc32(piece, self.crc)
+        self.size += len(piece)
+        self.in_flight.append(self.pool.submit(_deflate_piece, piece, self.tail))
+        self.tail = piece[-_WINDOW:]
+        while len(self.in_flight) > 2 * self.threads:  # bounded memory
+            self.raw.write(self.in_flight.popleft().result())
+
+    def close(self) -> None:
+        if self.pending:
+            self._piece(bytes(self.pending))
+            self.pending.clear()
+        if self.gz is not None:
+            self.gz.close()
+            return
+        while self.in_flight:
+            self.raw.write(self.in_flight.popleft().result())
+        self.pool.shutdown()
+        self.raw.write(_DEFLATE_END + struct.pack("<II", self.crc, self.size & 0xFFFFFFFF))
+
+    def abort(self) -> None:
+        if self.pool is not None:
+            for future in self.in_flight:
+                future.cancel()
+            self.pool.shutdown(wait=True)
+
+
+def write_csv(out: str | Path, rows: int, seed: int, chunk_rows: int = 65_536, fmt: str = "uci",
+              progress: bool = True) -> SynthResult:
     """Generate ``rows`` events and write them as a deterministic gzip CSV.
 
     The file is written to a temporary name in the same directory and renamed when
     complete, so an existing file is always whole. The gzip header carries mtime 0 and no
-    file name, so the same seed gives byte-identical files.
+    file name, and text is compressed in fixed pieces, so the same seed gives byte-identical
+    files whatever ``chunk_rows`` is.
 
-    Three stages overlap (Arrow, ISA-L and numpy's big array operations release the GIL):
-    the calling thread generates chunk i+2 while up to two threads format chunks as text
-    and one thread compresses and writes them in order. At most a few chunks are in flight,
-    so memory stays around 100–200 MB whatever ``rows`` is (11M rows are fine).
+    The stages overlap on every core (numpy, zlib, Arrow and ISA-L release the GIL): the
+    calling thread generates chunk i+2 while two threads format chunks as text and (``uci``)
+    two threads deflate 4 MB pieces, written in order. At most a few chunks and pieces are in
+    flight, so memory stays around 100–300 MB whatever ``rows`` is (11M rows are fine).
 
     Args:
         out: destination path (``.csv.gz``); parent directories are created.
         rows: number of events.
         seed: generator seed.
         chunk_rows: events per chunk (memory bound; does not change the output).
+        fmt: ``"uci"`` (the real file's ``%.18e`` text and gzip ratio, default) or
+            ``"compact"`` (shortest float32 text, ISA-L level 1); see :func:`format_csv`.
+        progress: report rows written every few seconds (:mod:`pipeline.core.progress`).
 
     Returns:
         A :class:`SynthResult` with the path, row count, signal fraction and both rates
         (``write_rows_per_s`` counts the formatting and compression time as if one thread
         did both, so it is comparable with a plain single-threaded writer).
-    """
-    import threading
-    from collections import deque
-    from concurrent.futures import Future, ThreadPoolExecutor
 
-    from isal import igzip
+    Raises:
+        SynthError: bad arguments, or an output that cannot be written.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.core.progress import Progress
 
     _check_args(rows, seed)
     if chunk_rows <= 0:
         raise SynthError(f"chunk_rows must be positive, got {chunk_rows}")
+    if fmt not in FORMATS:
+        raise SynthError(f"unknown text format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     path = Path(out)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -614,63 +713,61 @@ def write_csv(out: str | Path, rows: int, seed: int, chunk_rows: int = 65_536) -
     # Unique per process and call, so concurrent writers of the same file never share a temp.
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     stream = _EventStream(int(seed))
-    format_threads = max(1, min(2, os.cpu_count() or 1))
+    threads = max(1, min(2, os.cpu_count() or 1))
     gen_seconds = gen_cpu = 0.0
     write_seconds = [0.0, 0.0]  # wall, CPU summed over the format and compress stages
     lock = threading.Lock()
     signal = 0
     start = time.perf_counter()
-    pending_text = bytearray()
-
-    def timed(t: float, c: float) -> None:
-        with lock:
-            write_seconds[0] += time.perf_counter() - t
-            write_seconds[1] += time.thread_time() - c
 
     def format_block(labels: np.ndarray, feats: np.ndarray) -> bytes:
         t, c = time.perf_counter(), time.thread_time()
-        text = format_csv(labels, feats)
-        timed(t, c)
+        text = format_csv(labels, feats, fmt)
+        with lock:
+            write_seconds[0] += time.perf_counter() - t
+            write_seconds[1] += time.thread_time() - c
         return text
 
-    def compress_block(gz, text: Future) -> None:
-        data = text.result()  # blocks until this chunk is formatted: keeps the file in order
-        t, c = time.perf_counter(), time.thread_time()
-        # ISA-L's output depends on how the input is split across write() calls, so feed it
-        # fixed-size pieces: the file is then identical for every chunk_rows.
-        pending_text.extend(data)
-        whole = len(pending_text) - len(pending_text) % _GZIP_PIECE
-        with memoryview(pending_text) as view:
-            for i in range(0, whole, _GZIP_PIECE):
-                gz.write(view[i:i + _GZIP_PIECE])
-        del pending_text[:whole]
-        timed(t, c)
-
+    report = Progress(f"synth {path.name}", total=rows, unit="rows", mode=None if progress else "off")
+    sink: _Sink | None = None
     try:
-        with open(tmp, "wb") as raw, igzip.IGzipFile(
-            filename="", mode="wb", fileobj=raw, compresslevel=_GZIP_LEVEL, mtime=0
-        ) as gz, ThreadPoolExecutor(format_threads) as formatters, \
-                ThreadPoolExecutor(1) as compressor:
-            in_flight: deque[Future] = deque()
+        with report, open(tmp, "wb") as raw, ThreadPoolExecutor(threads) as formatters:
+            sink = _Sink(raw, fmt, threads)
+            in_flight: deque[tuple[Future, int]] = deque()
+
+            def drain(keep: int) -> None:
+                while len(in_flight) > keep:
+                    future, n = in_flight.popleft()
+                    text = future.result()
+                    t, c = time.perf_counter(), time.thread_time()
+                    sink.write(text)
+                    write_seconds[0] += time.perf_counter() - t
+                    write_seconds[1] += time.thread_time() - c
+                    report.add(n)
+
             for first in range(0, rows, chunk_rows):
                 t, c = time.perf_counter(), time.thread_time()
                 labels, feats = stream.take(min(chunk_rows, rows - first))
                 gen_seconds += time.perf_counter() - t
                 gen_cpu += time.thread_time() - c
                 signal += int(labels.sum())
-                text = formatters.submit(format_block, labels, feats)
-                in_flight.append(compressor.submit(compress_block, gz, text))
-                while len(in_flight) > format_threads + 1:  # bounded memory
-                    in_flight.popleft().result()
-            while in_flight:
-                in_flight.popleft().result()
-            gz.write(bytes(pending_text))
+                in_flight.append((formatters.submit(format_block, labels, feats), labels.shape[0]))
+                drain(threads)  # bounded memory
+            drain(0)
+            t, c = time.perf_counter(), time.thread_time()
+            sink.close()
+            write_seconds[0] += time.perf_counter() - t
+            write_seconds[1] += time.thread_time() - c
         os.replace(tmp, path)
     except OSError as exc:
+        if sink is not None:
+            sink.abort()
         tmp.unlink(missing_ok=True)
         raise SynthError(f"cannot write {path}: {exc.strerror or exc}; choose a writable --out "
                          "with enough free space") from None
     except BaseException:
+        if sink is not None:
+            sink.abort()
         tmp.unlink(missing_ok=True)
         raise
     seconds = time.perf_counter() - start

@@ -175,7 +175,7 @@ def _format_flat(flat: np.ndarray, seps: np.ndarray) -> bytes:
     pieces, start = [], 0
     for i in np.flatnonzero(special).tolist():
         pieces.append(text[start:ends[i]])
-        pieces.append(("%.18e" % float(flat[i])).encode() + bytes([int(seps[i]) >> 48]))
+        pieces.append(f"{float(flat[i]):.18e}".encode() + bytes([int(seps[i]) >> 48]))
         start = int(ends[i])
     pieces.append(text[start:])
     return b"".join(pieces)
