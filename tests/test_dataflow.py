@@ -87,8 +87,8 @@ def test_image_packaging_needs_an_image():
 def test_dry_run_builds_the_dataflow_job_for_the_converter(gcs_bucket, tmp_path, packaging):
     from apache_beam import Create
 
+    from pipeline.core.storage import Files
     from pipeline.data import convert
-    from pipeline.data.convert.files import Files
 
     cfg = _cfg(gcs_bucket, f"runtime.image={IMAGE}")
     options = dataflow.pipeline_options(cfg, packaging=packaging, job_name="higgs-convert-dry",

@@ -76,17 +76,13 @@ class PresplitResult:
 
 def _open_source(source: str) -> tuple[BinaryIO, int]:
     """Return (raw byte stream, compressed size) of a local file or gs:// object."""
-    if storage.is_gcs(source):
-        bucket, name = storage.split_gcs(source)
-        blob = storage.gcs_client().bucket(bucket).get_blob(name)
-        if blob is None:
-            raise PresplitError(f"source {source} not found; check the bucket and object name")
-        # Large chunks: one HTTP range request per 64 MiB instead of the 40 MiB default.
-        return blob.open("rb", chunk_size=64 << 20), int(blob.size)
-    path = Path(source)
-    if not path.is_file():
-        raise PresplitError(f"source {source} not found; check the path")
-    return open(path, "rb"), path.stat().st_size
+    try:
+        size = storage.size(source)
+        # Large chunks: one HTTP range request per 64 MiB (the sequential pass reads it all).
+        return storage.open_read(source, chunk_size=64 << 20), size
+    except (FileNotFoundError, IsADirectoryError):
+        raise PresplitError(f"source {source} not found; check the path or the bucket and "
+                            "object name") from None
 
 
 def _text_chunks(raw: BinaryIO, gzipped: bool, chunk: int) -> Iterator[tuple[bytes, int]]:
@@ -148,13 +144,7 @@ def _write_part(uri: str, blocks: list[bytes], level: int) -> tuple[int, int]:
     data = b"".join(blocks)
     lines = data.count(b"\n")
     packed = igzip.compress(data, compresslevel=level, mtime=0)
-    if storage.is_gcs(uri):
-        storage.write_bytes(uri, packed)
-    else:
-        Path(uri).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(uri + ".tmp")
-        tmp.write_bytes(packed)
-        os.replace(tmp, uri)
+    storage.write_bytes(uri, packed)  # local files via a temporary name: no half-written part
     return lines, len(packed)
 
 
@@ -291,7 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m pipeline.data.presplit SOURCE OUT --parts N``; prints the glob to convert."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline.data.presplit", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.data.presplit",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("source")
     parser.add_argument("out")
     parser.add_argument("--parts", type=int, required=True)

@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from pipeline.core import schema
+from pipeline.core.storage import Files
 from pipeline.data.convert.errors import MARK, ConvertError
 
 # Kinds of bad rows, in the order they are checked.
@@ -176,7 +177,7 @@ def isal_errors() -> tuple[type[BaseException], ...]:
 
 
 @contextlib.contextmanager
-def open_text(files: Any, path: str) -> Iterator[BinaryIO]:
+def open_text(files: Files, path: str) -> Iterator[BinaryIO]:
     """Open a part as a binary stream of CSV text (gunzipped by ISA-L in its own thread)."""
     from isal import igzip_threaded
 

@@ -25,10 +25,10 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from pipeline.core import schema, storage
+from pipeline.core.storage import Files
 from pipeline.data import records
 from pipeline.data.convert import parse, plan, stage, stats
 from pipeline.data.convert.errors import MARK, ConvertError
-from pipeline.data.convert.files import Files
 
 METRICS_NAMESPACE = "higgs_convert"
 PARTS_TAG = "parts"
@@ -160,7 +160,8 @@ class FinishTask(beam.DoFn):
     def _write_shard(self, task: dict[str, Any]) -> dict[str, Any]:
         with self.files.open_write(storage.join(self.staging, task["path"])) as out:
             for path, start, end in task["ranges"]:
-                self.files.copy_range(path, start, end, out)
+                if self.files.copy_range(path, start, end, out) != end - start:
+                    raise _short_piece(path)
         written = sum(end - start for _, start, end in task["ranges"]) // records.FRAMED_BYTES
         if written != task["records"]:
             raise ConvertError(f"{MARK}shard {task['path']} got {written} records, planned "
@@ -180,12 +181,9 @@ class FinishTask(beam.DoFn):
                     moments.merge(stats.Moments.from_dict(summary["moments"]))
                 seen += (end - start) // records.FRAMED_BYTES
                 continue
-            with self.files.open_read(path) as f:
-                f.seek(start)
-                data = f.read(end - start)
+            data = self.files.read_range(path, start, end)
             if len(data) != end - start:
-                raise ConvertError(f"{MARK}staging piece {path} is shorter than written; "
-                                   "rerun the conversion")
+                raise _short_piece(path)
             framed = np.frombuffer(data, np.uint8).reshape(-1, records.FRAMED_BYTES)
             feats, labels = records.decode_examples(framed[:, 12:12 + records.EXAMPLE_BYTES])
             signal += int((labels == 1).sum())
@@ -197,6 +195,10 @@ class FinishTask(beam.DoFn):
                                f"{task['records']}; rerun the conversion")
         return {"kind": "stats", "split": task["split"], "records": seen, "signal": signal,
                 "moments": moments.to_dict()}
+
+
+def _short_piece(path: str) -> ConvertError:
+    return ConvertError(f"{MARK}staging piece {path} is shorter than written; rerun the conversion")
 
 
 def _plan_tasks(_: Any, pieces: list, parts: list, bad: list, cfg: dict) -> Iterator[dict]:
