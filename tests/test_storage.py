@@ -37,3 +37,13 @@ def test_copy_range_appends_after_buffered_writes(tmp_path: Path) -> None:
         out.write(b"-tail")
     assert (tmp_path / "out").read_bytes() == b"head-23489-tail"
     assert storage.read_range(str(src), 8, 20) == b"89"
+
+
+def test_one_checksum_helper_for_sha256(tmp_path: Path) -> None:
+    import hashlib
+
+    data = bytes(range(256)) * (storage.CHUNK_BYTES // 256 + 3)  # more than one read
+    (tmp_path / "f").write_bytes(data)
+    sums = storage.file_checksums(tmp_path / "f")
+    assert storage.file_sha256(tmp_path / "f") == sums.sha256 == hashlib.sha256(data).hexdigest()
+    assert sums.size == len(data)

@@ -345,9 +345,9 @@ def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 
 
-# --- listing, checksums and verified uploads (used by pipeline.publish.store) --------------------
+# --- checksums and verified uploads (used by pipeline.publish.store and pipeline.data.source) ------
 
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 8 << 20  # read size of the checksum helpers
 
 
 class ChecksumMismatchError(StorageError):
@@ -364,6 +364,31 @@ class Checksums:
     crc32c: str
 
 
+def _digest_file(path: str | Path, *digests: Any) -> int:
+    """Read a local file once in chunks, feeding each chunk to every digest; return its size."""
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK_BYTES):
+            for digest in digests:
+                digest.update(chunk)
+            size += len(chunk)
+    return size
+
+
+def file_sha256(path: str | Path) -> str:
+    """Return the hex sha256 of a local file (read once in chunks; no other digests).
+
+    Args:
+        path: a local file.
+
+    Returns:
+        64 lowercase hex digits, as ``sha256sum`` prints them.
+    """
+    sha = hashlib.sha256()
+    _digest_file(path, sha)
+    return sha.hexdigest()
+
+
 def file_checksums(path: str | Path) -> Checksums:
     """Read a local file once in chunks and return its size, sha256, md5 and crc32c.
 
@@ -376,13 +401,8 @@ def file_checksums(path: str | Path) -> Checksums:
     """
     import google_crc32c
 
-    sha, md5, crc, size = hashlib.sha256(), hashlib.md5(), google_crc32c.Checksum(), 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK_BYTES):
-            sha.update(chunk)
-            md5.update(chunk)
-            crc.update(chunk)
-            size += len(chunk)
+    sha, md5, crc = hashlib.sha256(), hashlib.md5(), google_crc32c.Checksum()
+    size = _digest_file(path, sha, md5, crc)
     return Checksums(size, sha.hexdigest(), base64.b64encode(md5.digest()).decode(),
                      base64.b64encode(crc.digest()).decode())
 

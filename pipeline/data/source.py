@@ -27,7 +27,6 @@ with one line that names the thing and the fix. Nothing here runs at import time
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import json
 import logging
@@ -46,7 +45,6 @@ from pipeline.core.config import DataConfig
 from pipeline.core.errors import PipelineError
 from pipeline.core.progress import Progress
 
-_HASH_BLOCK = 8 << 20
 _DOWNLOAD_BLOCK = 1 << 20
 _SIDECAR_SUFFIX = ".sha256"
 _PART_SUFFIX = ".part"
@@ -330,7 +328,7 @@ def download(
             continue
         break
     _verify(url, part, expected_bytes or (total or 0), sha256)
-    digest = _sha256_file(part)
+    digest = storage.file_sha256(part)
     if sha256 and digest != sha256:
         part.unlink(missing_ok=True)
         raise SourceError(
@@ -506,14 +504,6 @@ def _check_gcs(uri: str) -> None:
     _gcs_blob(uri)
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + _SIDECAR_SUFFIX)
 
@@ -527,7 +517,7 @@ def _sha256_cached(path: Path) -> str:
             return str(meta["sha256"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    digest = _sha256_file(path)
+    digest = storage.file_sha256(path)
     _write_sidecar(path, digest)
     return digest
 

@@ -13,8 +13,8 @@ import re
 
 from pipeline.core import storage
 from pipeline.core.storage import Files
+from pipeline.data import textblocks
 from pipeline.data.convert.errors import ConvertError
-from pipeline.data.convert.parse import GZIP_MAGIC, isal_errors, open_text
 
 _SAMPLE_BYTES = 1 << 16
 
@@ -68,17 +68,16 @@ def check_part(files: Files, path: str) -> float:
     if files.size(path) == 0:
         raise ConvertError(f"source {path} is empty (0 bytes); download or generate it again")
     with files.open_read(path) as raw:
-        magic = raw.read(2)
-    if path.endswith(".gz") and magic != GZIP_MAGIC:
-        raise ConvertError(f"source {path} is not gzip-compressed (it ends in .gz but does not "
-                           "start with the gzip magic bytes); download it again")
-    try:
-        with open_text(files, path) as stream:
-            sample = stream.read(_SAMPLE_BYTES)
-    except isal_errors() as exc:
-        raise ConvertError(f"source {path} is a corrupt or truncated gzip file "
-                           f"({type(exc).__name__}: {exc}); "
-                           "download it again") from None
+        if path.endswith(".gz") and not textblocks.is_gzip(raw):
+            raise ConvertError(f"source {path} is not gzip-compressed (it ends in .gz but does not "
+                               "start with the gzip magic bytes); download it again")
+        try:
+            with textblocks.open_text(raw) as stream:
+                sample = stream.read(_SAMPLE_BYTES)
+        except textblocks.gzip_errors() as exc:
+            raise ConvertError(f"source {path} is a corrupt or truncated gzip file "
+                               f"({type(exc).__name__}: {exc}); "
+                               "download it again") from None
     if not sample.strip():
         raise ConvertError(f"source {path} holds no rows; download or generate it again")
     if b"\x00" in sample:

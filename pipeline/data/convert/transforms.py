@@ -26,7 +26,7 @@ from apache_beam.metrics import Metrics
 
 from pipeline.core import schema, storage
 from pipeline.core.storage import Files
-from pipeline.data import records
+from pipeline.data import records, textblocks
 from pipeline.data.convert import parse, plan, stage, stats
 from pipeline.data.convert.errors import MARK, ConvertError
 
@@ -96,17 +96,19 @@ class ReadBlocks(beam.DoFn):
         pending: tuple[int, int, Any] | None = None
         with ThreadPoolExecutor(1, thread_name_prefix="parse") as pool:
             try:
-                with parse.open_text(self.files, path) as stream:
-                    for line0, lines, text in parse.iter_text_blocks(stream, self.block_bytes):
+                with self.files.open_read(path) as raw, textblocks.open_text(raw) as stream:
+                    for line0, lines, text in textblocks.iter_text_blocks(stream, self.block_bytes):
                         self.text_bytes.inc(len(text))
                         parsing = (line0, lines, pool.submit(_parse_and_summarise, text, lines))
                         if pending is not None:
                             yield from self._emit(part, pending)
                         pending = parsing
                         total = line0 + lines
-            except parse.isal_errors() as exc:
+            except textblocks.gzip_errors() as exc:
                 raise ConvertError(f"{MARK}{path} is a corrupt or truncated gzip file "
                                    f"({type(exc).__name__}: {exc}); download it again") from None
+            except textblocks.LineTooLongError as exc:
+                raise ConvertError(f"{MARK}{exc}") from None
             if pending is not None:
                 yield from self._emit(part, pending)
         yield beam.pvalue.TaggedOutput(PARTS_TAG, (part, total))
