@@ -54,6 +54,10 @@ class DataConfig:
     test_shards: int = 4
     block_rows: int = 65_536
     max_bad_rows: int = 0
+    # Conversion engine: block-pool threads per worker process (0 = one per core) and the
+    # worker processes of a local Dask cluster for --runner DaskRunner (0 = one per core).
+    convert_threads: int = 0
+    dask_workers: int = 0
     sha256: str = ""  # expected checksum of a downloaded source ("" = record, don't check)
     expected_bytes: int = 0  # expected size of a downloaded source (0 = don't check)
     mirror: str = ""  # fallback URL when the source URL cannot be reached ("" = none)

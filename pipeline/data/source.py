@@ -34,10 +34,9 @@ import os
 import time
 import urllib.error
 import urllib.request
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import urlparse
 
 from pipeline.core import storage
@@ -50,8 +49,6 @@ _SIDECAR_SUFFIX = ".sha256"
 _PART_SUFFIX = ".part"
 log = logging.getLogger(__name__)
 _USER_AGENT = "higgs-pipeline/1 (+https://archive.ics.uci.edu/dataset/280/higgs)"
-ZIP_MAGIC = b"PK\x03\x04"
-_MEMBER_SUFFIXES = (".csv.gz", ".csv")
 _SOURCE_KINDS = "HIGGS.csv.gz, HIGGS.csv or higgs.zip"
 
 
@@ -186,81 +183,21 @@ def fingerprint(uri: str) -> dict[str, Any]:
     return {"uri": str(uri), "bytes": path.stat().st_size, "sha256": _sha256_cached(path)}
 
 
-def archive_member(names: list[str], uri: str) -> str:
-    """The one member of a zip that holds the rows: its only ``.csv.gz`` or ``.csv`` file.
-
-    Args:
-        names: the zip's member names (``ZipFile.namelist()``).
-        uri: the zip, for the message.
-
-    Returns:
-        The member name.
-
-    Raises:
-        SourceError: no candidate, or several (the message lists what the zip holds).
-    """
-    files = [n for n in names if not n.endswith("/")]
-    candidates = [n for n in files if n.lower().endswith(_MEMBER_SUFFIXES)
-                  and not n.startswith("__MACOSX/") and not Path(n).name.startswith(".")]
-    if len(candidates) == 1:
-        return candidates[0]
-    shown = ", ".join(files[:8]) + (f" and {len(files) - 8} more" if len(files) > 8 else "")
-    if not candidates:
-        raise SourceError(f"zip {uri} holds no .csv.gz or .csv member ({shown or 'it is empty'}); "
-                          f"pass {_SOURCE_KINDS} itself as --source")
-    raise SourceError(f"zip {uri} holds {len(candidates)} candidate members ({', '.join(candidates)}); "
-                      "unzip the one to convert and pass it as --source")
-
-
-def is_zip(raw: BinaryIO) -> bool:
-    """True if the seekable stream ``raw`` starts with a zip local-file header (it stays at 0)."""
-    magic = raw.read(4)
-    raw.seek(0)
-    return magic == ZIP_MAGIC
-
-
-def open_member(raw: BinaryIO, uri: str) -> BinaryIO:
-    """Open the rows member of the zip ``raw`` (see :func:`archive_member`) for reading.
-
-    Args:
-        raw: the zip as a seekable binary stream (a local file or a gs:// reader); it must stay
-            open while the member is read.
-        uri: the zip, for messages.
-
-    Returns:
-        A binary stream of the member's bytes (its CRC-32 is checked at the end).
-
-    Raises:
-        SourceError: not a readable zip, or no single candidate member.
-    """
-    try:
-        archive = zipfile.ZipFile(raw)
-        return archive.open(archive_member(archive.namelist(), uri))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError) as exc:
-        raise SourceError(f"{uri} is not a readable zip ({_reason(exc)}); download it again") from None
-
-
 def check_archive(location: str) -> None:
     """Fail early, in one line, when ``location`` is a zip without exactly one rows member.
 
     Args:
-        location: a local path or gs:// object (anything else passes unchecked).
+        location: a local path or gs:// object; anything but a zip passes.
 
     Raises:
-        SourceError: as :func:`open_member`.
+        pipeline.data.textblocks.ArchiveError: an unreadable zip, or not exactly one
+            ``.csv.gz``/``.csv`` member (the message lists what it holds).
     """
-    if not location.lower().endswith(".zip") and not _starts_like_zip(location):
-        return
+    from pipeline.data import textblocks
+
     with storage.open_read(location) as raw:
-        open_member(raw, location).close()
-
-
-def _starts_like_zip(location: str) -> bool:
-    try:
-        with storage.open_read(location) as raw:
-            return is_zip(raw)
-    except (OSError, storage.StorageError):
-        return False
+        if textblocks.is_zip(raw):
+            textblocks.open_member(raw, location).close()
 
 
 def download(

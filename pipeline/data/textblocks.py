@@ -13,23 +13,34 @@ decompressed:
   to a chunk; a read-ahead thread would blur it and the part cuts would depend on timing.
 
 Plain (not gzip) text passes through both unchanged; several gzip members are one stream.
+A zip (the UCI ``higgs.zip``) is read in place through its one ``.csv.gz`` or ``.csv`` member
+(:func:`archive_member`), with no unpacked copy on disk.
 """
 
 from __future__ import annotations
 
 import contextlib
+import zipfile
 from collections.abc import Iterable, Iterator
+from pathlib import PurePosixPath
 from typing import BinaryIO, TypeVar
 
 from pipeline.core.errors import PipelineError
 
 GZIP_MAGIC = b"\x1f\x8b"
+ZIP_MAGIC = b"PK\x03\x04"
+MEMBER_SUFFIXES = (".csv.gz", ".csv")
+SOURCE_KINDS = "HIGGS.csv.gz, HIGGS.csv or higgs.zip"
 MAX_LINE_BYTES = 64 << 20
 T = TypeVar("T")
 
 
 class LineTooLongError(PipelineError):
     """A line longer than :data:`MAX_LINE_BYTES`: the input is not a HIGGS CSV file."""
+
+
+class ArchiveError(PipelineError):
+    """A zip that is unreadable or does not hold exactly one ``.csv.gz``/``.csv`` member."""
 
 
 def gzip_errors() -> tuple[type[BaseException], ...]:
@@ -46,19 +57,85 @@ def is_gzip(raw: BinaryIO) -> bool:
     return magic == GZIP_MAGIC
 
 
+def is_zip(raw: BinaryIO) -> bool:
+    """True if the seekable stream ``raw`` starts with a zip local-file header (it stays at 0)."""
+    magic = raw.read(4)
+    raw.seek(0)
+    return magic == ZIP_MAGIC
+
+
+def archive_member(names: list[str], uri: str) -> str:
+    """The one member of a zip that holds the rows: its only ``.csv.gz`` or ``.csv`` file.
+
+    Directories, ``__MACOSX/`` entries and dot files are not candidates.
+
+    Args:
+        names: the zip's member names (``ZipFile.namelist()``).
+        uri: the zip, for the message.
+
+    Returns:
+        The member name.
+
+    Raises:
+        ArchiveError: no candidate, or several (the message lists what the zip holds).
+    """
+    files = [n for n in names if not n.endswith("/")]
+    candidates = [n for n in files if n.lower().endswith(MEMBER_SUFFIXES)
+                  and not n.startswith("__MACOSX/") and not PurePosixPath(n).name.startswith(".")]
+    if len(candidates) == 1:
+        return candidates[0]
+    shown = ", ".join(files[:8]) + (f" and {len(files) - 8} more" if len(files) > 8 else "")
+    if not candidates:
+        raise ArchiveError(f"zip {uri} holds no .csv.gz or .csv member ({shown or 'it is empty'}); "
+                           f"pass {SOURCE_KINDS} itself as --source")
+    raise ArchiveError(f"zip {uri} holds {len(candidates)} candidate members "
+                       f"({', '.join(candidates)}); unzip the one to convert and pass it as --source")
+
+
+def open_member(raw: BinaryIO, uri: str = "the zip") -> BinaryIO:
+    """Open the rows member of the zip ``raw`` (see :func:`archive_member`).
+
+    Args:
+        raw: the zip as a seekable binary stream; it must stay open while the member is read.
+        uri: the zip, for messages.
+
+    Returns:
+        A binary stream of the member's bytes (its CRC-32 is checked when it is read to the end).
+
+    Raises:
+        ArchiveError: not a readable zip, or no single candidate member.
+    """
+    try:
+        archive = zipfile.ZipFile(raw)
+        return archive.open(archive_member(archive.namelist(), uri))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ArchiveError(f"{uri} is not a readable zip ({reason}); download it again") from None
+
+
+def unwrap(raw: BinaryIO, uri: str = "the zip") -> BinaryIO:
+    """``raw`` itself, or for a zip the stream of its rows member (:func:`open_member`)."""
+    return open_member(raw, uri) if is_zip(raw) else raw
+
+
 @contextlib.contextmanager
-def open_text(raw: BinaryIO) -> Iterator[BinaryIO]:
+def open_text(raw: BinaryIO, uri: str = "the zip") -> Iterator[BinaryIO]:
     """Yield the CSV text of ``raw``, gunzipped by ISA-L in its own thread when gzipped.
 
     Args:
-        raw: a seekable binary stream at position 0; the caller closes it (the gzip
-            reader does not close a file it was handed).
+        raw: a seekable binary stream at position 0 (a zip is read through its rows member);
+            the caller closes it (the gzip reader does not close a file it was handed).
+        uri: where ``raw`` comes from, for messages.
 
     Yields:
         A binary stream of text; read errors of a bad gzip are :func:`gzip_errors`.
+
+    Raises:
+        ArchiveError: a zip without exactly one rows member.
     """
     from isal import igzip_threaded
 
+    raw = unwrap(raw, uri)
     if not is_gzip(raw):
         yield raw
         return
@@ -71,7 +148,8 @@ def decompressed_chunks(raw: BinaryIO, chunk: int) -> Iterator[tuple[bytes, int]
     """Yield ``(text, compressed bytes read so far)``, gunzipping ``raw`` when it is gzipped.
 
     Args:
-        raw: a seekable binary stream at position 0.
+        raw: a seekable binary stream at position 0 (for a zip, pass :func:`unwrap` of it:
+            positions then count the member's bytes).
         chunk: compressed bytes fed to the decompressor at a time (the position's grain).
 
     Raises:

@@ -62,7 +62,7 @@ def _value_checks(values: np.ndarray) -> np.ndarray:
     return kinds
 
 
-def parse_block(text: bytes, lines: int | None = None
+def parse_block(text: bytes, lines: int | None = None, use_threads: bool = True
                 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
     """Parse newline-terminated HIGGS lines, separating bad rows.
 
@@ -74,6 +74,9 @@ def parse_block(text: bytes, lines: int | None = None
     Args:
         text: complete lines, each ending in ``\\n``.
         lines: the number of lines in ``text`` if already known.
+        use_threads: let pyarrow parse the block on its own thread pool; False when the
+            caller already parses several blocks at once (one thread each does the same work
+            with half the CPU time on a busy machine).
 
     Returns:
         ``(labels float32 [k], features float32 [k, 28], bad)`` where ``bad`` lists
@@ -86,7 +89,7 @@ def parse_block(text: bytes, lines: int | None = None
     good_index: np.ndarray | None = None
     bad: list[tuple[int, str]] = []
     try:
-        values = _parse_csv(text)
+        values = _parse_csv(text, use_threads)
         if values.shape[0] != lines:
             raise ValueError("row count differs from line count")  # blank lines were skipped
     except (pa.ArrowInvalid, ValueError):
@@ -139,19 +142,20 @@ def _parse_slow(text: bytes) -> tuple[np.ndarray, np.ndarray, list[tuple[int, st
     return values, np.asarray(good, dtype=np.int64), bad
 
 
-def parse_with_snippets(text: bytes, lines: int
+def parse_with_snippets(text: bytes, lines: int, use_threads: bool = True
                         ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str, str]]]:
     """:func:`parse_block`, plus the (truncated) text of each bad line for the report.
 
     Args:
         text: complete lines, each ending in ``\\n``.
         lines: the number of lines in ``text``.
+        use_threads: as :func:`parse_block`.
 
     Returns:
         ``(labels, features, bad)`` as :func:`parse_block`, with ``bad`` entries
         ``(line index in the block, kind, the line's first 200 characters)``.
     """
-    labels, features, bad = parse_block(text, lines)
+    labels, features, bad = parse_block(text, lines, use_threads)
     if not bad:
         return labels, features, []
     split_lines = text.split(b"\n")

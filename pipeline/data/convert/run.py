@@ -3,7 +3,8 @@
     higgs convert --source data/sources/sample.csv.gz --out data/sample   # the CLI calls convert()
 
 The driver only wires labelled steps: preflight (:mod:`.preflight`), reuse check and
-staging (:mod:`.stage`), the Beam pipeline (:mod:`.transforms`), publish (:mod:`.stage`).
+staging (:mod:`.stage`), the runner (:mod:`.engine`), the Beam pipeline
+(:mod:`.transforms`), publish (:mod:`.stage`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from typing import Any
 
 import apache_beam as beam
 
-from pipeline.core import storage
+from pipeline.core import progress, storage
 from pipeline.core.config import DataConfig
 from pipeline.core.storage import Files
-from pipeline.data.convert import preflight, stage, transforms
+from pipeline.data.convert import engine, preflight, stage, transforms
 from pipeline.data.convert.errors import ConvertError, error_line
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,10 @@ def convert(source: str, out: str, data_cfg: DataConfig, beam_args: Sequence[str
             of parts (``gs://b/parts/part-*.csv.gz``) read in name order.
         out: dataset directory DATA (local or ``gs://``).
         data_cfg: split sizes, shard counts, ``block_rows`` and ``max_bad_rows``.
-        beam_args: Beam pipeline options, untouched (``--runner``, ``--direct_num_workers``,
-            ``--project`` …). ``--no_auth`` makes gs:// access anonymous.
+        beam_args: Beam pipeline options (``--runner``, ``--direct_num_workers``,
+            ``--project`` …), passed on; :mod:`.engine` picks the runner (in-process
+            ``FnApiRunner`` by default, a local Dask cluster for ``DaskRunner``) and adds
+            what it needs. ``--no_auth`` makes gs:// access anonymous.
         overwrite: rebuild even if DATA already holds a complete dataset.
 
     Returns:
@@ -97,17 +100,26 @@ def convert(source: str, out: str, data_cfg: DataConfig, beam_args: Sequence[str
     block_bytes = int(min(256 << 20, max(64 << 10, data_cfg.block_rows * line_bytes)))
     cfg = {"validation_rows": data_cfg.validation_rows, "test_rows": data_cfg.test_rows,
            "shards": wanted["shards"]}
+    total_bytes = sum(files.size(p) for p in parts)
     try:
-        with beam.Pipeline(options=options) as p:
-            _ = (p
-                 | "Parts" >> beam.Create(list(enumerate(parts)))
-                 | "CsvToTFRecords" >> transforms.CsvToTFRecords(staging, block_bytes, cfg, files,
-                                                                 spread_parts=len(parts) > 1))
+        with engine.engine(beam_args, data_cfg.dask_workers, data_cfg.convert_threads) as run:
+            p = beam.Pipeline(runner=run.runner, options=PipelineOptions(run.args))
+            try:
+                with p:
+                    _ = (p
+                         | "Parts" >> beam.Create(list(enumerate(parts)))
+                         | "CsvToTFRecords" >> transforms.CsvToTFRecords(
+                             staging, block_bytes, cfg, files, spread_parts=len(parts) > 1,
+                             threads=run.threads, total_bytes=total_bytes))
+            finally:
+                run.finished(getattr(p, "result", None))
         metrics = _metrics(p.result)
+        progress.close_shared(staging)  # in-process runners: the closing line
         result = json.loads(files.read_bytes(storage.join(staging, stage.RESULT_FILE)))
         manifest = stage.publish(files, out, staging, result, fingerprint, data_cfg, beam_args,
                                  block_bytes, wanted, time.monotonic() - started)
     except Exception as exc:
+        progress.close_shared(staging, ok=False)
         stage.discard(files, staging)
         line = error_line(exc)  # raised in a DoFn: marked, maybe wrapped by the runner
         if line is not None:
