@@ -104,9 +104,10 @@ class Files:
     (:func:`gcs_client`).
 
     Attributes:
-        anonymous: use an anonymous client for gs:// (``--no_auth``: public buckets, or an
-            emulator) instead of asking Google auth for credentials, which retries for
-            ~30 s when there are none.
+        anonymous: use an unauthenticated client for gs:// (``--no_auth``: public buckets)
+            instead of looking up Application Default Credentials, which probes the
+            metadata server (and waits) when there are none. Against an emulator every
+            client is anonymous.
     """
 
     anonymous: bool = False
@@ -319,20 +320,16 @@ class Files:
             os.replace(src, dst)
 
 
+# The module-level API: the default handle's methods (ADC credentials; anonymous on an emulator).
 _DEFAULT = Files()
-exists = _DEFAULT.exists
-size = _DEFAULT.size
-read_bytes = _DEFAULT.read_bytes
-write_bytes = _DEFAULT.write_bytes
-open_read = _DEFAULT.open_read
-open_write = _DEFAULT.open_write
-read_range = _DEFAULT.read_range
-copy_range = _DEFAULT.copy_range
-list_files = _DEFAULT.list_files
-list_paths = _DEFAULT.list_paths
-glob = _DEFAULT.glob
-delete_tree = _DEFAULT.delete_tree
-move_tree = _DEFAULT.move_tree
+# reading
+exists, size, read_bytes = _DEFAULT.exists, _DEFAULT.size, _DEFAULT.read_bytes
+open_read, read_range = _DEFAULT.open_read, _DEFAULT.read_range
+# writing
+write_bytes, open_write, copy_range = _DEFAULT.write_bytes, _DEFAULT.open_write, _DEFAULT.copy_range
+# trees
+list_files, list_paths, glob = _DEFAULT.list_files, _DEFAULT.list_paths, _DEFAULT.glob
+delete_tree, move_tree = _DEFAULT.delete_tree, _DEFAULT.move_tree
 
 
 def read_text(uri: str) -> str:
