@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -240,6 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # Beam's and Dask's INFO lines say nothing a user acts on
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)
+        # dask.distributed sets its loggers' levels from its config when first imported.
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     handler: Callable[..., int] = args.handler
     try:
         if getattr(args, "takes_beam_args", False):

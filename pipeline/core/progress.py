@@ -8,7 +8,8 @@ On a terminal (stderr is a TTY) it draws one live line that is redrawn in place:
     convert [██████████░░░░░░░░░░]  48%  1.35/2.82 GB  5.3M rows  31.2 MB/s  ETA 47s
 
 Anywhere else (CI, Prefect logs, a pipe) it logs a plain line through ``logging`` (logger
-``pipeline.progress``) every ``interval`` seconds, and one closing line::
+``pipeline.progress``; straight to stderr in a process without any logging set up, such as a
+Dask worker) every ``interval`` seconds, and one closing line::
 
     convert: 1.35/2.82 GB (48%), 5.3M rows, 31.2 MB/s, ETA 47s
     convert: done, 2.82 GB, 11.0M rows in 90.1 s (31.3 MB/s)
@@ -175,11 +176,11 @@ class Progress:
                 self._write("\r" + line.ljust(self._drawn) + "\n")
                 self._drawn = 0
             else:
-                log.info("%s", line)
+                self._log(line)
             return
         if self.mode == "log":
             head = f"{amount} ({pct.strip()})" if pct else amount
-            log.info("%s", f"{self.label}: " + ", ".join(x for x in (head, extra, rate, eta) if x))
+            self._log(f"{self.label}: " + ", ".join(x for x in (head, extra, rate, eta) if x))
             return
         width = shutil.get_terminal_size((100, 20)).columns - 1
         bar = ""
@@ -190,6 +191,13 @@ class Progress:
         line = line[:width]
         self._write("\r" + line.ljust(self._drawn))
         self._drawn = len(line)
+
+    def _log(self, line: str) -> None:
+        # A process that configured no logging (a Dask or Beam worker) still shows the line.
+        if log.hasHandlers():
+            log.info("%s", line)
+        else:
+            self._write(line + "\n")
 
     def _write(self, text: str) -> None:
         try:

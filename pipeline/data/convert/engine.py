@@ -118,8 +118,11 @@ def engine(beam_args: Sequence[str], dask_workers: int = 0, threads: int = 0) ->
         workers = dask_workers or cores
         # Progress from worker processes: plain lines (several bars on one terminal would mix).
         env = {"HIGGS_PROGRESS": os.environ.get("HIGGS_PROGRESS", "log")}
+        # Everything on loopback: the scheduler's HTTP server (always started; the dashboard
+        # itself is off) on a free port, not 0.0.0.0:8787.
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               host="127.0.0.1", dashboard_address=None, env=env)
+                               host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                               scheduler_kwargs={"dashboard": False}, env=env)
         args.append(f"--dask_client_address={cluster.scheduler_address}")
         threads = threads or max(1, cores // workers)
         log.info("started a local Dask cluster of %d worker processes at %s", workers,
