@@ -133,7 +133,8 @@ class Progress:
             self.done += amount
             self.extra += secondary
             now = time.monotonic()
-            if now < self._next or self._closed:
+            finished = self.total is not None and self.done >= self.total  # the closing line follows
+            if now < self._next or self._closed or finished:
                 return
             self._next = now + (_BAR_REFRESH if self.mode == "bar" else self.interval)
             self._report(now, final=False)

@@ -28,7 +28,7 @@ from typing import BinaryIO, TypeVar
 from pipeline.core.errors import PipelineError
 
 GZIP_MAGIC = b"\x1f\x8b"
-ZIP_MAGIC = b"PK\x03\x04"
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a first member, or an empty zip's end record
 MEMBER_SUFFIXES = (".csv.gz", ".csv")
 SOURCE_KINDS = "HIGGS.csv.gz, HIGGS.csv or higgs.zip"
 MAX_LINE_BYTES = 64 << 20
@@ -58,10 +58,10 @@ def is_gzip(raw: BinaryIO) -> bool:
 
 
 def is_zip(raw: BinaryIO) -> bool:
-    """True if the seekable stream ``raw`` starts with a zip local-file header (it stays at 0)."""
+    """True if the seekable stream ``raw`` starts like a zip (it stays at 0)."""
     magic = raw.read(4)
     raw.seek(0)
-    return magic == ZIP_MAGIC
+    return magic in ZIP_MAGICS
 
 
 def archive_member(names: list[str], uri: str) -> str:
