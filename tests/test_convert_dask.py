@@ -79,5 +79,6 @@ def test_failure_on_a_dask_worker_is_one_line_and_publishes_nothing(tmp_path: Pa
     with pytest.raises(convert.ConvertError) as err:
         convert.convert(str(bad), str(tmp_path / "out"), _cfg(dask_workers=1),
                         beam_args=["--runner=DaskRunner"])
-    assert "\n" not in str(err.value) and "1 bad rows" in str(err.value) and "line 201, label" in str(err.value)
+    msg = str(err.value)
+    assert "\n" not in msg and "1 bad rows" in msg and "line 201, label" in msg
     assert not (tmp_path / "out" / "manifest.json").exists()

@@ -16,6 +16,7 @@ import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from conftest import free_port
@@ -62,7 +63,7 @@ def _assert_same_dataset(data: str, reference: str) -> None:
 class _Files(BaseHTTPRequestHandler):
     """Serves a dict of files at /<name>, with single ``Range: bytes=N-`` support."""
 
-    files: dict[str, bytes] = {}
+    files: ClassVar[dict[str, bytes]] = {}
 
     def do_GET(self) -> None:
         body = self.files.get(self.path.lstrip("/"))
