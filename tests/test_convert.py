@@ -22,7 +22,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline.core import schema
 from pipeline.core.config import load_config
 from pipeline.core.storage import Files
-from pipeline.data import convert, dataset, records, synth
+from pipeline.data import convert, dataset, records, synth, textblocks
 from pipeline.data.convert import stage, transforms
 
 ROWS = 12_000  # the small_dataset fixture: synth seed 7, sample preset shard counts
@@ -252,8 +252,9 @@ def test_convert_part_transform_with_test_pipeline(tmp_path: Path) -> None:
     src = _write_lines(tmp_path / "x.csv.gz", lines)
     block_bytes = 20_000  # several blocks, so the block pool runs several at once
     text = gzip.decompress(src.read_bytes())
-    starts = [line0 for line0, _, _ in convert.iter_text_blocks(io.BytesIO(text), block_bytes)]
-    assert len(starts) > 3
+    counts = [bytes(b).count(b"\n") for b in textblocks.read_blocks(io.BytesIO(text), block_bytes)]
+    starts = list(itertools.accumulate([0, *counts[:-1]]))
+    assert len(starts) > 3 and sum(counts) == 501
     staging = str(tmp_path / "staging")
     with test_pipeline.TestPipeline() as p:
         out = (p | beam.Create([(3, str(src))])

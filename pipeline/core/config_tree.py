@@ -52,7 +52,8 @@ class DataConfig:
     training_shards: int = 16
     validation_shards: int = 4
     test_shards: int = 4
-    block_rows: int = 65_536
+    # Rows per block of work (~12 MB of UCI text): 16k ran 1M rows in 4.1 s here, 65k in 5.5 s.
+    block_rows: int = 16_384
     max_bad_rows: int = 0
     # Conversion engine: block-pool threads per worker process (0 = one per core) and the
     # worker processes of a local Dask cluster for --runner DaskRunner (0 = one per core).

@@ -52,17 +52,24 @@ def _parse_csv(text: bytes, use_threads: bool = True) -> np.ndarray:
     return out
 
 
-def _value_checks(values: np.ndarray) -> np.ndarray:
-    """Per row: '' if good, else the kind ('non_finite' or 'label')."""
-    kinds = np.full(values.shape[0], "", dtype=object)
+def _value_checks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: good, and finite (a bad row that is finite has a bad label).
+
+    Boolean numpy only (no per-row Python work), so a pool thread checks its block without
+    holding the GIL.
+    """
     finite = np.isfinite(values).all(axis=1)
-    kinds[~finite] = "non_finite"
     label = values[:, 0]
-    kinds[finite & (label != 0) & (label != 1)] = "label"
-    return kinds
+    label_ok = (label == 0) | (label == 1)
+    return finite & label_ok, finite
 
 
-def parse_block(text: bytes, lines: int | None = None, use_threads: bool = True
+def count_lines(text: bytes | memoryview) -> int:
+    """Newlines in ``text``, counted with numpy (a pool thread need not hold the GIL)."""
+    return int(np.count_nonzero(np.frombuffer(text, dtype=np.uint8) == ord("\n")))
+
+
+def parse_block(text: bytes | memoryview, lines: int | None = None, use_threads: bool = True
                 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
     """Parse newline-terminated HIGGS lines, separating bad rows.
 
@@ -72,7 +79,7 @@ def parse_block(text: bytes, lines: int | None = None, use_threads: bool = True
     always come from the same (correctly rounding) parser.
 
     Args:
-        text: complete lines, each ending in ``\\n``.
+        text: complete lines, each ending in ``\\n`` (bytes or a memoryview of them).
         lines: the number of lines in ``text`` if already known.
         use_threads: let pyarrow parse the block on its own thread pool; False when the
             caller already parses several blocks at once (one thread each does the same work
@@ -85,7 +92,7 @@ def parse_block(text: bytes, lines: int | None = None, use_threads: bool = True
     import pyarrow as pa
 
     if lines is None:
-        lines = text.count(b"\n")
+        lines = count_lines(text)
     good_index: np.ndarray | None = None
     bad: list[tuple[int, str]] = []
     try:
@@ -93,12 +100,12 @@ def parse_block(text: bytes, lines: int | None = None, use_threads: bool = True
         if values.shape[0] != lines:
             raise ValueError("row count differs from line count")  # blank lines were skipped
     except (pa.ArrowInvalid, ValueError):
-        values, good_index, bad = _parse_slow(text)
-    kinds = _value_checks(values)
-    keep = kinds == ""
+        values, good_index, bad = _parse_slow(bytes(text))
+    keep, finite = _value_checks(values)
     if not keep.all():
         index = good_index if good_index is not None else np.arange(values.shape[0])
-        bad.extend((int(index[i]), str(kinds[i])) for i in np.flatnonzero(~keep))
+        bad.extend((int(index[i]), "label" if finite[i] else "non_finite")
+                   for i in np.flatnonzero(~keep))
         bad.sort()
         values = values[keep]
     labels = np.ascontiguousarray(values[:, 0])
@@ -142,7 +149,7 @@ def _parse_slow(text: bytes) -> tuple[np.ndarray, np.ndarray, list[tuple[int, st
     return values, np.asarray(good, dtype=np.int64), bad
 
 
-def parse_with_snippets(text: bytes, lines: int, use_threads: bool = True
+def parse_with_snippets(text: bytes | memoryview, lines: int, use_threads: bool = True
                         ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str, str]]]:
     """:func:`parse_block`, plus the (truncated) text of each bad line for the report.
 
@@ -158,7 +165,7 @@ def parse_with_snippets(text: bytes, lines: int, use_threads: bool = True
     labels, features, bad = parse_block(text, lines, use_threads)
     if not bad:
         return labels, features, []
-    split_lines = text.split(b"\n")
+    split_lines = bytes(text).split(b"\n")
     return labels, features, [
         (i, kind, split_lines[i][:_BAD_TEXT_CHARS].decode("utf-8", "replace")) for i, kind in bad
     ]

@@ -51,35 +51,35 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def piece_path(staging: str, part: int, line0: int) -> str:
-    """Where the piece of the block starting at ``line0`` of ``part`` is written.
+def piece_path(staging, part, index):
+    """Where block ``index`` of source part ``part`` is written (``…/_pieces/p00000-b00000042.rec``).
 
-    Named by position, so a retried bundle overwrites the same piece (idempotent).
+    Named by position (blocks are cut the same way every time), so a retried bundle
+    overwrites the same piece (idempotent).
     """
-    return storage.join(staging, stage.PIECES_DIR, f"p{part:05d}-l{line0:012d}.rec")
+    return storage.join(staging, stage.PIECES_DIR, f"p{part:05d}-b{index:08d}.rec")
 
 
-def block_to_piece(text, lines, part, line0, staging, files):
-    """Parse, check, summarise, encode, frame and write one block (runs on a pool thread).
+def block_to_piece(text, part, index, staging, files):
+    """Count, parse, check, summarise, encode, frame and write one block (on a pool thread).
 
     Args:
-        text: the block: whole lines, each ending in ``\\n``.
-        lines: lines in ``text``.
+        text: the block: whole lines, each ending in ``\\n`` (bytes or a memoryview).
         part: index of the source part.
-        line0: 0-based line index (within the part) of the block's first line.
+        index: the block's number within the part.
         staging: the conversion's staging directory.
         files: storage handle.
 
     Returns:
-        ``(piece metadata, bad rows)``: ``{"part", "line0", "lines", "records", "path",
-        "signal", "moments"}`` and ``[(line within the block, kind, text)]``.
+        ``(piece metadata, bad rows)``: ``{"part", "lines", "records", "path", "signal",
+        "moments"}`` (the caller adds ``line0``) and ``[(line within the block, kind, text)]``.
     """
+    lines = parse.count_lines(text)
     labels, features, bad = parse.parse_with_snippets(text, lines, use_threads=False)
     summary = stats.summarise(labels, features)
-    path = piece_path(staging, part, line0)
+    path = piece_path(staging, part, index)
     files.write_bytes(path, records.frame_records(records.encode_examples(features, labels)))
-    meta = {"part": part, "line0": line0, "lines": lines, "records": int(labels.shape[0]),
-            "path": path, **summary}
+    meta = {"part": part, "lines": lines, "records": int(labels.shape[0]), "path": path, **summary}
     return meta, bad
 
 
@@ -117,47 +117,48 @@ class ConvertPart(beam.DoFn):
         threads = self.threads or default_threads()
         report = progress.shared(self.staging, "convert", total=self.total_bytes or None,
                                  unit="bytes", secondary="rows")
-        total, counted = 0, 0
+        line0, counted = 0, 0
         in_flight: deque = deque()
+
+        def emit():
+            nonlocal line0, counted
+            meta, bad = in_flight.popleft().result()
+            meta["line0"] = line0
+            self.rows.inc(meta["lines"])
+            self.written.inc(meta["records"])
+            for i, kind, text in bad:
+                self.bad[kind].inc()
+                yield BAD, (part, line0 + i, kind, text)
+            yield PIECE, meta
+            line0 += meta["lines"]
+            counted = _advance(report, raw, counted, meta["lines"])
+
         with ThreadPoolExecutor(threads, thread_name_prefix="convert") as pool:
             try:
                 with self.files.open_read(path) as raw, textblocks.open_text(raw, path) as stream:
-                    for line0, lines, text in textblocks.iter_text_blocks(stream, self.block_bytes):
+                    for index, text in enumerate(textblocks.read_blocks(stream, self.block_bytes)):
                         self.text_bytes.inc(len(text))
-                        in_flight.append((line0, pool.submit(block_to_piece, text, lines, part, line0,
-                                                             self.staging, self.files)))
-                        total = line0 + lines
+                        in_flight.append(pool.submit(block_to_piece, text, part, index, self.staging,
+                                                     self.files))
                         while len(in_flight) > threads + 1:  # bounded memory, blocks in order
-                            yield from self._emit(part, *in_flight.popleft())
-                            counted = _advance(report, raw, counted)
+                            yield from emit()
                     while in_flight:
-                        yield from self._emit(part, *in_flight.popleft())
-                    counted = _advance(report, raw, counted)
+                        yield from emit()
             except textblocks.gzip_errors() as exc:
                 raise ConvertError(f"{MARK}{path} is a corrupt or truncated gzip file "
                                    f"({type(exc).__name__}: {exc}); download it again") from None
             except (textblocks.LineTooLongError, textblocks.ArchiveError) as exc:
                 raise ConvertError(f"{MARK}{exc}") from None
-        yield PART, (part, total)
-
-    def _emit(self, part, line0, future):
-        meta, bad = future.result()
-        self.rows.inc(meta["lines"])
-        self.written.inc(meta["records"])
-        progress.shared(self.staging, "convert").add(0, meta["lines"])
-        for i, kind, text in bad:
-            self.bad[kind].inc()
-            yield BAD, (part, line0 + i, kind, text)
-        yield PIECE, meta
+        yield PART, (part, line0)
 
 
-def _advance(report, raw, counted):
-    """Add the compressed bytes read since the last call to the progress; return the new mark."""
+def _advance(report, raw, counted, rows):
+    """Add the compressed bytes read since the last call (and ``rows``) to the progress."""
     try:
         position = raw.tell()
-    except (OSError, ValueError):  # a closed or unseekable stream: no byte progress
-        return counted
-    report.add(position - counted)
+    except (OSError, ValueError):  # a closed or unseekable stream: rows only
+        position = counted
+    report.add(position - counted, rows)
     return position
 
 
