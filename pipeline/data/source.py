@@ -16,7 +16,7 @@ member ``HIGGS.csv.gz``, read in place: no unpacking, no second copy on disk), f
   verified, with progress every few seconds (:mod:`pipeline.core.progress`). The sha256 is
   always computed and recorded in a sidecar ``<dest>.sha256``. When the URL cannot be reached,
   ``data.mirror`` is tried (verified by ``data.mirror_bytes`` / ``data.mirror_sha256``),
-- empty: the generated sample ``{data_root}/sources/higgs-synth-r{rows}-s{seed}.csv.gz``.
+- empty: the generated sample ``{data_root}/sources/higgs-synth-uci-r{rows}-s{seed}.csv.gz``.
 
 A zip must hold exactly one ``.csv.gz`` or ``.csv`` member (directories, ``__MACOSX/`` and
 dot files aside); otherwise it fails with one line listing what it holds. Every failure a user
@@ -81,8 +81,12 @@ def is_url(uri: str) -> bool:
 
 
 def synth_path(data_cfg: DataConfig) -> Path:
-    """Where the generated sample for this config lives."""
-    name = f"higgs-synth-r{data_cfg.synth_rows}-s{data_cfg.synth_seed}.csv.gz"
+    """Where the generated sample for this config lives.
+
+    ``uci`` in the name: the sample is in the real file's ``%.18e`` text; a sample written in
+    the earlier short text under the old name is not mistaken for it.
+    """
+    name = f"higgs-synth-uci-r{data_cfg.synth_rows}-s{data_cfg.synth_seed}.csv.gz"
     return Path(data_cfg.data_root) / "sources" / name
 
 
