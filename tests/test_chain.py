@@ -47,7 +47,8 @@ def test_default_paths_use_config_roots_and_explicit_values_win(tmp_path):
                                            "runtime.publish_to=gs://b/published"])
     when = datetime(2026, 11, 21, 8, 30, tzinfo=UTC)
     paths = chain.default_paths(cfg, when=when)
-    assert paths == chain.Paths(run_id="20261121-083000-sample", data=f"{tmp_path}/d/higgs-synth-uci-r220000-s1",
+    assert paths == chain.Paths(run_id="20261121-083000-sample",
+                                data=f"{tmp_path}/d/higgs-synth-uci-r220000-s1",
                                 run_dir=f"{tmp_path}/r/20261121-083000-sample", publish_to="gs://b/published")
     explicit = chain.default_paths(cfg, data="/x/data", run_dir="/y/runs/my-run", publish_to="/z")
     assert (explicit.run_id, explicit.data, explicit.run_dir, explicit.publish_to) == \
