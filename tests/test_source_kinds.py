@@ -198,3 +198,20 @@ def test_truncated_zip_member_fails_with_one_line(tmp_path: Path, files_by_kind)
     with pytest.raises(textblocks.ArchiveError, match="is not a readable zip") as err:
         source.resolve(str(path), _cfg(tmp_path))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_damaged_zip_member_is_one_line_and_publishes_nothing(method: int, tmp_path: Path,
+                                                              files_by_kind) -> None:
+    """A flipped byte inside the member: the zip's CRC-32 (or deflate) catches it, in one line."""
+    data = bytearray(_zip({"HIGGS.csv": files_by_kind["HIGGS.csv"]}, method))
+    data[len(data) // 2] ^= 0x55
+    path = tmp_path / "higgs.zip"
+    path.write_bytes(bytes(data))
+    with pytest.raises(convert.ConvertError) as err:
+        convert.convert(str(path), str(tmp_path / "out"), _cfg(tmp_path))
+    msg = str(err.value)
+    assert "\n" not in msg and "[while running" not in msg
+    assert f"{path} is a corrupt or truncated zip file" in msg and msg.endswith("download it again")
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    assert not list((tmp_path / "out").glob(".staging-*"))

@@ -47,10 +47,23 @@ class ArchiveError(PipelineError):
 
 
 def gzip_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions a corrupt or truncated gzip stream raises while it is read."""
+    """The exceptions a corrupt or truncated gzip stream (or zip member) raises while it is read.
+
+    A zip member adds ``zipfile.BadZipFile`` (its CRC-32 or sizes do not match) and
+    ``zlib.error`` (a broken deflate member).
+    """
+    import zlib
+
     from isal.igzip_lib import IsalError
 
-    return (EOFError, OSError, IsalError)
+    return (EOFError, OSError, IsalError, zipfile.BadZipFile, zlib.error)
+
+
+def corrupt_line(path: str, exc: BaseException) -> str:
+    """The one line for a source that :func:`gzip_errors` says is damaged."""
+    kind = "zip" if isinstance(exc, zipfile.BadZipFile) or path.lower().endswith(".zip") else "gzip"
+    return (f"{path} is a corrupt or truncated {kind} file ({type(exc).__name__}: {exc}); "
+            "download it again")
 
 
 def is_gzip(raw: BinaryIO) -> bool:

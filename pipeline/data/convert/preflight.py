@@ -77,9 +77,7 @@ def check_part(files: Files, path: str) -> float:
         except textblocks.ArchiveError as exc:
             raise ConvertError(str(exc)) from None
         except textblocks.gzip_errors() as exc:
-            raise ConvertError(f"source {path} is a corrupt or truncated gzip file "
-                               f"({type(exc).__name__}: {exc}); "
-                               "download it again") from None
+            raise ConvertError(f"source {textblocks.corrupt_line(path, exc)}") from None
     if not sample.strip():
         raise ConvertError(f"source {path} holds no rows; download or generate it again")
     if b"\x00" in sample:

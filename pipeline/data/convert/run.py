@@ -24,7 +24,7 @@ from pipeline.core.config import DataConfig
 from pipeline.core.storage import Files
 from pipeline.data import dataset
 from pipeline.data.convert import engine, preflight, stage, transforms
-from pipeline.data.convert.errors import ConvertError, error_line
+from pipeline.data.convert.errors import ConvertError, DropMarked, error_line
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,8 @@ def convert(source: str, out: str, data_cfg: DataConfig, beam_args: Sequence[str
     cfg = {"validation_rows": data_cfg.validation_rows, "test_rows": data_cfg.test_rows,
            "shards": wanted["shards"]}
     total_bytes = sum(files.size(p) for p in parts)
+    beam_log, drop = logging.getLogger("apache_beam.runners.common"), DropMarked()
+    beam_log.addFilter(drop)
     try:
         with engine.engine(beam_args, data_cfg.dask_workers, data_cfg.convert_threads) as run:
             p = beam.Pipeline(runner=run.runner, options=PipelineOptions(run.args))
@@ -139,4 +141,5 @@ def convert(source: str, out: str, data_cfg: DataConfig, beam_args: Sequence[str
         raise
     finally:
         hasher.shutdown(wait=True)
+        beam_log.removeFilter(drop)
     return ConvertResult(out, manifest, False, metrics)

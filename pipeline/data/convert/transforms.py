@@ -145,8 +145,7 @@ class ConvertPart(beam.DoFn):
                     while in_flight:
                         yield from emit()
             except textblocks.gzip_errors() as exc:
-                raise ConvertError(f"{MARK}{path} is a corrupt or truncated gzip file "
-                                   f"({type(exc).__name__}: {exc}); download it again") from None
+                raise ConvertError(f"{MARK}{textblocks.corrupt_line(path, exc)}") from None
             except (textblocks.LineTooLongError, textblocks.ArchiveError) as exc:
                 raise ConvertError(f"{MARK}{exc}") from None
         yield PART, (part, line0)
