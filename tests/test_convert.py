@@ -452,3 +452,29 @@ def test_secrets_in_beam_args_are_not_recorded() -> None:
                          "--project", "p"]) == [
         "--runner", "DataflowRunner", "--api_key=<redacted>", "--token", "<redacted>",
         "--project", "p"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_conversion_says_interrupted_and_leaves_nothing(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "big.csv.gz"
+    synth.write_csv(src, rows=1_500_000, seed=3, fmt="compact", progress=False)
+    out = tmp_path / "out"
+    # SIGINT must not be inherited as ignored (a background job of a non-interactive shell).
+    launch = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+              "os.execv(sys.argv[1], sys.argv[1:])")
+    proc = subprocess.Popen([sys.executable, "-c", launch, sys.executable, "-m", "pipeline.cli", "convert",
+                             "--source", str(src), "--out", str(out), "--set", "data.convert_threads=1"],
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "HIGGS_PROGRESS": "off"})
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".staging-*/_pieces/*.rec")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no piece was written"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.strip() == "higgs convert: interrupted", err
+    assert list(out.iterdir()) == []  # no manifest, no staging, no pieces

@@ -40,12 +40,14 @@ def error_line(exc: BaseException) -> str | None:
 
 
 class DropMarked(logging.Filter):
-    """Drops log records that carry our tagged one-line errors.
+    """Drops log records that carry our tagged one-line errors, or a Ctrl-C.
 
     A DoFn's exception is logged by Beam (``apache_beam.runners.common``, ERROR, with the
     worker traceback) before it reaches the driver, where :func:`error_line` turns it into the
-    one line the user sees; for our own errors that record only repeats it.
+    one line the user sees (and an interrupt into ``interrupted``); for those, the record only
+    repeats it.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return MARK not in record.getMessage()
+        message = record.getMessage()
+        return MARK not in message and not message.startswith("KeyboardInterrupt")

@@ -61,6 +61,16 @@ def _metrics(result: Any) -> dict[str, int]:
     return out
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """True when ``exc`` is a runner's wrapping of a KeyboardInterrupt raised in a DoFn."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt) or str(seen).startswith("KeyboardInterrupt"):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def convert(source: str, out: str, data_cfg: DataConfig, beam_args: Sequence[str] = (),
             overwrite: bool = False) -> ConvertResult:
     """Convert a HIGGS CSV(.gz) source into a sharded TFRecord dataset with a Beam pipeline.
@@ -132,10 +142,12 @@ def convert(source: str, out: str, data_cfg: DataConfig, beam_args: Sequence[str
         result = json.loads(files.read_bytes(storage.join(staging, stage.RESULT_FILE)))
         manifest = stage.publish(files, out, staging, result, fingerprint, data_cfg, beam_args,
                                  block_bytes, wanted, time.monotonic() - started)
-    except Exception as exc:
+    except BaseException as exc:  # an interrupt (Ctrl-C) too: nothing partial stays behind
         progress.close_shared(staging, ok=False)
         stage.discard(files, staging)
-        line = error_line(exc)  # raised in a DoFn: marked, maybe wrapped by the runner
+        if isinstance(exc, Exception) and _interrupted(exc):
+            raise KeyboardInterrupt from None  # Beam re-raises a Ctrl-C in a DoFn as RuntimeError
+        line = error_line(exc) if isinstance(exc, Exception) else None  # marked in a DoFn
         if line is not None:
             raise ConvertError(line) from None
         raise
