@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -44,7 +45,7 @@ def _config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Config:
 def cmd_synth(args: argparse.Namespace) -> int:
     from pipeline.data import synth
 
-    result = synth.write_csv(args.out, rows=args.rows, seed=args.seed)
+    result = synth.write_csv(args.out, rows=args.rows, seed=args.seed, fmt=args.format)
     print(f"wrote {result.rows} events ({result.signal_fraction:.1%} signal) to {result.path} "
           f"[{result.events_per_s:,.0f} events/s generated, {result.write_rows_per_s:,.0f} rows/s written]")
     return 0
@@ -162,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, required=True)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", required=True, metavar="FILE.csv.gz")
+    p.add_argument("--format", default="uci", choices=["uci", "compact"],
+                   help="uci: every value as %%.18e like the real HIGGS.csv.gz (default); "
+                        "compact: shortest float32 text")
     p.set_defaults(handler=cmd_synth)
 
     p = sub.add_parser("fetch", help="download or generate the source file (resumes, verifies)")
@@ -237,6 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # Beam's and Dask's INFO lines say nothing a user acts on
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)
+        # dask.distributed sets its loggers' levels from its config when first imported.
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     handler: Callable[..., int] = args.handler
     try:
         if getattr(args, "takes_beam_args", False):

@@ -18,6 +18,7 @@ TensorFlow only when called, so the Beam path never loads it.
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Any
 
@@ -118,15 +119,62 @@ def frame_records(examples: np.ndarray) -> bytes:
     header = struct.pack("<QI", length, masked_crc32c(struct.pack("<Q", length)))
     framed[:, :12] = np.frombuffer(header, dtype=np.uint8)
     framed[:, 12:12 + length] = examples
-    # One C CRC32C call per record (~0.5 µs incl. the slice); a table-driven numpy version
-    # of the same affine map measured no faster, so the plain loop stays.
-    data = examples.tobytes()
-    value = google_crc32c.value
-    crcs = np.fromiter((value(data[i:i + length]) for i in range(0, n * length, length)),
-                       dtype=np.uint32, count=n)
+    crcs = _example_crcs(examples) if _has_example_layout(examples) else np.fromiter(
+        map(google_crc32c.value, examples), dtype=np.uint32, count=n)  # one C call per record
     masked = ((crcs >> np.uint32(15)) | (crcs << np.uint32(17))) + np.uint32(0xA282EAD8)
     framed[:, 12 + length:] = masked.astype("<u4").view(np.uint8).reshape(n, 4)
     return framed.tobytes()
+
+
+def _has_example_layout(examples: np.ndarray) -> bool:
+    """True when every row is one of our fixed-layout Examples (:func:`encode_examples`)."""
+    if examples.shape[1] != EXAMPLE_BYTES or examples.shape[0] == 0:
+        return False
+    prefix = np.frombuffer(EXAMPLE_PREFIX, np.uint8)
+    label_prefix = np.frombuffer(LABEL_PREFIX, np.uint8)
+    return bool((examples[:, :FEATURES_OFFSET] == prefix).all()
+                and (examples[:, LABEL_OFFSET - len(LABEL_PREFIX):LABEL_OFFSET] == label_prefix).all())
+
+
+# The bytes of a fixed-layout Example that differ between records: features and label.
+_VARIABLE = np.r_[FEATURES_OFFSET:FEATURES_OFFSET + schema.TENSOR_PAYLOAD_BYTES, LABEL_OFFSET:EXAMPLE_BYTES]
+
+
+@functools.cache
+def _crc_tables() -> tuple[int, np.ndarray]:
+    """CRC32C of a fixed-layout Example as an affine map of its variable bytes.
+
+    For a fixed length, CRC-32C is affine over GF(2): ``crc(d) = crc(d0) ^ XOR_j T_j[d_j ^ d0_j]``
+    for any reference record ``d0``. With ``d0`` = the layout with zero feature and label bytes,
+    ``T_j[b]`` = crc of ``d0`` with byte j set to b, xor ``crc(d0)``.
+
+    Returns:
+        ``(crc(d0), uint32 [len(_VARIABLE), 256] tables)``.
+    """
+    base = bytearray(EXAMPLE_PREFIX + bytes(schema.TENSOR_PAYLOAD_BYTES) + LABEL_PREFIX + bytes(4))
+    c0 = google_crc32c.value(bytes(base))
+    tables = np.zeros((len(_VARIABLE), 256), np.uint32)
+    for k, j in enumerate(_VARIABLE):
+        for b in range(1, 256):
+            base[j] = b
+            tables[k, b] = google_crc32c.value(bytes(base)) ^ c0
+        base[j] = 0
+    return c0, tables
+
+
+def _example_crcs(examples: np.ndarray) -> np.ndarray:
+    """CRC32C of every fixed-layout Example, by table lookups over its variable bytes.
+
+    ~0.55 µs a record here against ~0.36 µs for one C call per record, but every step is a
+    numpy operation that releases the GIL, so the threads of the converter's block pool
+    compute CRCs side by side instead of taking turns.
+    """
+    c0, tables = _crc_tables()
+    columns = np.ascontiguousarray(examples[:, _VARIABLE].T)  # [variable bytes, N]
+    crcs = np.full(examples.shape[0], c0, dtype=np.uint32)
+    for table, column in zip(tables, columns, strict=True):
+        crcs ^= np.take(table, column)
+    return crcs
 
 
 def unframe_records(data: bytes, length: int = EXAMPLE_BYTES) -> np.ndarray:
