@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from pipeline.core.config import Config
 from pipeline.core.rundir import TrainResult
-from pipeline.data import dataset
+from pipeline.data import dataset, verify
 from pipeline.training import strategy as strategy_lib
+from pipeline.training import train as train_lib
 from pipeline.training.train import TrainError
 
 
@@ -55,12 +56,11 @@ def train(cfg: Config, data: str, run_dir: str) -> TrainResult:
         if "://" in run_dir:
             raise TrainError(f"run directory {run_dir} must be a local path; "
                              "'higgs publish --run RUN --to gs://…' copies a finished run to GCS")
-        dataset.load_manifest(data)  # fail on a bad path before starting any worker
+        # Fail on a bad path or a bad shard here, in one line, before starting any worker.
+        verify.verify_dataset(data, manifest=dataset.load_manifest(data), splits=train_lib.TRAIN_SPLITS)
         try:
             launch.run_local_cluster(cfg, data, run_dir)
         except launch.LaunchError as exc:
             raise TrainError(str(exc)) from None
         return TrainResult.from_run_dir(run_dir)
-    from pipeline.training import train as train_lib
-
     return train_lib.run_training(cfg, data, run_dir)

@@ -16,6 +16,7 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
+from typing import BinaryIO
 
 from pipeline.core.errors import PipelineError
 
@@ -98,6 +99,28 @@ def read_bytes(uri: str) -> bytes:
             raise FileNotFoundError(f"no such object: {uri}") from None
     try:
         return Path(uri).read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such file: {uri}") from None
+
+
+def open_read(uri: str, chunk_bytes: int = 16 << 20) -> BinaryIO:
+    """Open a file or gs:// object for streaming binary reads (``with open_read(u) as f: f.read(n)``).
+
+    Args:
+        uri: local path or ``gs://bucket/object``.
+        chunk_bytes: bytes fetched per request from gs://.
+
+    Raises:
+        FileNotFoundError: if it does not exist (message names ``uri``).
+    """
+    if is_gcs(uri):
+        bucket, name = split_gcs(uri)
+        blob = gcs_client().bucket(bucket).blob(name)
+        if not blob.exists():
+            raise FileNotFoundError(f"no such object: {uri}")
+        return blob.open("rb", chunk_size=chunk_bytes)
+    try:
+        return open(uri, "rb")
     except FileNotFoundError:
         raise FileNotFoundError(f"no such file: {uri}") from None
 
