@@ -321,9 +321,8 @@ def check_shard(uri: str, n_records: int, chunk_records: int = CHUNK_RECORDS) ->
 _VERIFIED: dict[tuple[str, str], str] = {}  # (data, shard) → version whose CRCs were checked
 
 
-def verify_dataset(data: str, *, manifest: dict[str, Any] | None = None,
-                   splits: Sequence[str] = schema.SPLITS, crc: bool = True,
-                   use_cache: bool = True) -> VerifyResult:
+def verify_dataset(data: str | dataset.Dataset, *, splits: Sequence[str] = schema.SPLITS,
+                   crc: bool = True, use_cache: bool = True) -> VerifyResult:
     """Check the shards of ``splits`` against ``DATA/manifest.json``; raise on the first bad one.
 
     Training, validation and evaluation call this before they read (the input pipeline,
@@ -333,8 +332,7 @@ def verify_dataset(data: str, *, manifest: dict[str, Any] | None = None,
     gs:// generation), unless ``use_cache`` is False.
 
     Args:
-        data: dataset directory (local or gs://).
-        manifest: the loaded manifest (read when omitted).
+        data: dataset directory (local or gs://), or the opened dataset (its manifest is used).
         splits: which splits to check.
         crc: also check every record's framing and CRCs (else presence and sizes only).
         use_cache: skip the CRCs of shards checked before and unchanged since.
@@ -347,8 +345,9 @@ def verify_dataset(data: str, *, manifest: dict[str, Any] | None = None,
         IntegrityError: a shard is missing, has the wrong size or holds a corrupt record.
     """
     start = time.perf_counter()
-    manifest = manifest or dataset.load_manifest(data)
-    shards = check_sizes(data, manifest, splits)
+    opened = dataset.open_dataset(data)
+    data = opened.uri
+    shards = check_sizes(data, opened.manifest, splits)
     result = VerifyResult(data=data, crc=crc)
     for _, rel, n, version in shards:
         if crc and not (use_cache and _VERIFIED.get((data, rel)) == version):

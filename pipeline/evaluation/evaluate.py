@@ -1,7 +1,8 @@
 """Evaluate a trained run on the whole test split and write ``RUN/report/``.
 
     higgs evaluate --data data/sample --run runs/try
-    python -c "from pipeline.core.config import load_config; from pipeline.evaluation.evaluate import evaluate; \
+    python -c "from pipeline.core.config import load_config; \
+from pipeline.evaluation.evaluate import evaluate; \
 print(evaluate(load_config('sample'), 'data/sample', 'runs/try')['auc'])"
 
 One pass over the test shards in batches (memory bounded by the batch, plus one float per
@@ -50,7 +51,7 @@ class EvaluateError(PipelineError):
 
 
 def read_batches(
-    data: str, split: str, cfg: Config, batch_size: int, max_rows: int | None = None
+    data: str | dataset.Dataset, split: str, cfg: Config, batch_size: int, max_rows: int | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(features float32 [B, 28], labels float32 [B])`` of one split, once, in order.
 
@@ -60,7 +61,7 @@ def read_batches(
     are scored on the same batch at the same time.
 
     Args:
-        data: dataset directory (local or gs://).
+        data: dataset directory (local or gs://) or an opened dataset.
         split: ``training``, ``validation`` or ``test``.
         cfg: the resolved config (input pipeline settings).
         batch_size: rows per batch.
@@ -94,7 +95,7 @@ def read_batches(
 
 
 def load_rows(
-    data: str, split: str, cfg: Config, max_rows: int, batch_size: int = 65_536
+    data: str | dataset.Dataset, split: str, cfg: Config, max_rows: int, batch_size: int = 65_536
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read the first ``max_rows`` rows of a split into arrays (for the baseline's fit).
 
@@ -170,7 +171,8 @@ def _read_history(run: Path) -> dict[str, list[float]]:
     try:
         history = rundir.read_history(run)
     except json.JSONDecodeError as exc:
-        raise EvaluateError(f"{rundir.history_path(run)} is not valid JSON ({exc.msg}); re-run training") from None
+        raise EvaluateError(f"{rundir.history_path(run)} is not valid JSON ({exc.msg}); "
+                            "re-run training") from None
     if not history:
         log.warning("%s is missing; the report will have no training curves", rundir.history_path(run))
     return history
@@ -187,8 +189,8 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def evaluate(cfg: Config, data: str, run_dir: str, published_metrics: dict[str, Any] | None = None,
-             published_at: str = "") -> dict[str, Any]:
+def evaluate(cfg: Config, data: str | dataset.Dataset, run_dir: str,
+             published_metrics: dict[str, Any] | None = None, published_at: str = "") -> dict[str, Any]:
     """Evaluate ``RUN/model/model.keras`` on every test row and write ``RUN/report/``.
 
     Args:
@@ -217,11 +219,11 @@ def evaluate(cfg: Config, data: str, run_dir: str, published_metrics: dict[str, 
     if not model_path.is_file():
         raise EvaluateError(f"{model_path} is missing; train first with "
                             f"'higgs train --data {data} --out {run_dir}'")
-    manifest = dataset.load_manifest(data)
+    data = dataset.open_dataset(data)
+    manifest = data.manifest
     # A missing, short or corrupt shard ends here in one line, before anything is written.
-    verify.verify_dataset(data, manifest=manifest,
-                          splits=("training", "test") if ecfg.baseline else ("test",))
-    test_rows = dataset.split_rows(manifest, "test")
+    verify.verify_dataset(data, splits=("training", "test") if ecfg.baseline else ("test",))
+    test_rows = data.rows("test")
     out_dir = Path(rundir.report_dir(run))
     out_dir.mkdir(parents=True, exist_ok=True)
     # blessing.json is written last and publish requires it: remove an old one first, so a
@@ -281,7 +283,7 @@ def evaluate(cfg: Config, data: str, run_dir: str, published_metrics: dict[str, 
     result["blessed"] = blessing["blessed"]
     result["published_auc"] = blessing["published_auc"]
     result["run_id"] = run.resolve().name
-    result["data"] = data
+    result["data"] = data.uri
 
     result = _json_ready(result)
     Path(rundir.metrics_path(run)).write_text(json.dumps(result, indent=1) + "\n")
@@ -295,7 +297,7 @@ def evaluate(cfg: Config, data: str, run_dir: str, published_metrics: dict[str, 
     report.plot_history(out_dir / report.HISTORY_PNG, history)
     config_path = Path(rundir.config_path(run))
     config_yaml = config_path.read_text() if config_path.is_file() else to_yaml(cfg)
-    report.write_markdown(Path(rundir.report_path(run)), run_dir=str(run), data=data, manifest=manifest,
+    report.write_markdown(Path(rundir.report_path(run)), run_dir=str(run), data=data.uri, manifest=manifest,
                           config_yaml=config_yaml, history=history, metrics_dict=result,
                           blessing=blessing)
     Path(rundir.blessing_path(run)).write_text(json.dumps(blessing, indent=1) + "\n")

@@ -116,7 +116,7 @@ class Estimate:
 # --- entry points ----------------------------------------------------------------------------
 
 
-def run_training(cfg: Config, data: str, run_dir: str) -> TrainResult:
+def run_training(cfg: Config, data: str | dataset.Dataset, run_dir: str) -> TrainResult:
     """Train a model on ``data`` into ``run_dir`` in this process (resumes an interrupted run).
 
     Alone this process is the whole run; under ``TF_CONFIG`` it is one worker of a
@@ -125,7 +125,8 @@ def run_training(cfg: Config, data: str, run_dir: str) -> TrainResult:
 
     Args:
         cfg: resolved config (``model``, ``train``).
-        data: dataset directory (local or gs://) with ``manifest.json``.
+        data: dataset directory (local or gs://) with ``manifest.json``, or the opened
+            :class:`~pipeline.data.dataset.Dataset` (its manifest is not read again).
         run_dir: local run directory; created if missing.
 
     Returns:
@@ -144,13 +145,15 @@ def run_training(cfg: Config, data: str, run_dir: str) -> TrainResult:
     if cfg.train.workers > 1 and not strategy_lib.is_worker_process():
         raise TrainError(f"train.workers={cfg.train.workers} needs a cluster: run it through "
                          "pipeline.backends.train (higgs train --workers N starts one on 127.0.0.1)")
-    manifest = dataset.load_manifest(data)  # fail on a bad path before starting anything heavy
-    # ... or on a missing, short or corrupt shard, before the run directory exists.
-    verify.verify_dataset(data, manifest=manifest, splits=TRAIN_SPLITS)
+    # A bad path, or a missing, short or corrupt shard, fails here: before anything heavy and
+    # before the run directory exists. The manifest is read once.
+    data = dataset.open_dataset(data)
+    verify.verify_dataset(data, splits=TRAIN_SPLITS)
     return _train_here(cfg, data, Path(run_dir))
 
 
-def estimate(cfg: Config, data: str, *, min_seconds: float = 3.0, max_steps: int = 200) -> Estimate:
+def estimate(cfg: Config, data: str | dataset.Dataset, *, min_seconds: float = 3.0,
+             max_steps: int = 200) -> Estimate:
     """Time real training and validation steps (after warm-up) and extrapolate to a run.
 
     Nothing is written. With ``train.workers > 1`` and no cluster the steps are timed in this
@@ -165,7 +168,8 @@ def estimate(cfg: Config, data: str, *, min_seconds: float = 3.0, max_steps: int
     Returns:
         An :class:`Estimate`; ``.summary()`` is what ``higgs train --estimate`` prints.
     """
-    manifest = dataset.load_manifest(data)
+    data = dataset.open_dataset(data)
+    manifest = data.manifest
     note = ""
     if cfg.train.workers > 1 and not strategy_lib.is_worker_process():
         note = (f"note: timed in one process; --workers {cfg.train.workers} on one machine shares its "
@@ -188,12 +192,12 @@ def estimate(cfg: Config, data: str, *, min_seconds: float = 3.0, max_steps: int
     val_steps = cfg.train.validation_steps or inputs.steps_for(manifest, "validation", gbs)
     model = compiled_model(cfg, strategy, steps)
     spe = cfg.train.steps_per_execution
-    train_ds = inputs.distributed_dataset(strategy, data, "training", cfg, True, manifest=manifest)
+    train_ds = inputs.distributed_dataset(strategy, data, "training", cfg, True)
     timer = _StepTimer(min_seconds=min_seconds, max_steps=max_steps)
     # One long "epoch" that the timer stops once it has measured enough executions.
     model.fit(train_ds, epochs=1, steps_per_epoch=max(steps, spe * 4, max_steps + 2 * spe),
               callbacks=[timer], verbose=0)
-    val_ds = inputs.distributed_dataset(strategy, data, "validation", cfg, False, manifest=manifest,
+    val_ds = inputs.distributed_dataset(strategy, data, "validation", cfg, False,
                                         repeat=True, drop_remainder=True)
     k = max(2, min(val_steps, 5))
     model.evaluate(val_ds, steps=k, verbose=0)  # warm-up: traces and compiles the test step
@@ -259,13 +263,13 @@ def compiled_model(cfg: Config, strategy: tf.distribute.Strategy, steps_per_epoc
     return model
 
 
-def _train_here(cfg: Config, data: str, run_dir: Path) -> TrainResult:
+def _train_here(cfg: Config, data: dataset.Dataset, run_dir: Path) -> TrainResult:
     """Train in this process (alone, or as one worker of a TF_CONFIG cluster)."""
     strategy = strategy_lib.make_strategy(cfg.train)  # must precede every other TensorFlow op
     from pipeline.training import inputs, optim
 
     task_type, task_id, chief = strategy_lib.task_info(strategy)
-    manifest = dataset.load_manifest(data)
+    manifest = data.manifest
     replicas = strategy.num_replicas_in_sync
     gbs = inputs.global_batch_size(cfg, replicas)
     steps = cfg.train.steps_per_epoch or inputs.steps_for(manifest, "training", gbs)
@@ -282,10 +286,10 @@ def _train_here(cfg: Config, data: str, run_dir: Path) -> TrainResult:
             write_config(cfg, rundir.config_path(out))
             _remove_stale_model_files(out)
         model = compiled_model(cfg, strategy, steps)
-        train_ds = inputs.distributed_dataset(strategy, data, "training", cfg, True, manifest=manifest)
+        train_ds = inputs.distributed_dataset(strategy, data, "training", cfg, True)
         # Repeated + full batches: every replica sees the same number of validation steps,
         # and Keras starts a fresh iterator per evaluation, so each epoch sees the same rows.
-        val_ds = inputs.distributed_dataset(strategy, data, "validation", cfg, False, manifest=manifest,
+        val_ds = inputs.distributed_dataset(strategy, data, "validation", cfg, False,
                                             repeat=True, drop_remainder=True)
         history_cb = HistoryJson(out)
         early_stopping = keras.callbacks.EarlyStopping(
@@ -314,7 +318,7 @@ def _train_here(cfg: Config, data: str, run_dir: Path) -> TrainResult:
             model.fit(train_ds, epochs=cfg.train.epochs, steps_per_epoch=steps, validation_data=val_ds,
                       validation_steps=val_steps, callbacks=callbacks, verbose=2 if chief else 0)
         except Exception as exc:
-            _raise_input_error(exc, data, manifest)
+            _raise_input_error(exc, data)
             raise
         elapsed = time.perf_counter() - start
 
@@ -341,12 +345,12 @@ def _train_here(cfg: Config, data: str, run_dir: Path) -> TrainResult:
     return TrainResult.from_run_dir(run_dir)
 
 
-def _raise_input_error(exc: Exception, data: str, manifest: dict[str, Any]) -> None:
+def _raise_input_error(exc: Exception, data: dataset.Dataset) -> None:
     """Turn TensorFlow's read error of a shard that changed after the check into one line."""
     import tensorflow as tf
 
     if isinstance(exc, (tf.errors.DataLossError, tf.errors.NotFoundError)):
-        verify.verify_dataset(data, manifest=manifest, splits=TRAIN_SPLITS, use_cache=False)
+        verify.verify_dataset(data, splits=TRAIN_SPLITS, use_cache=False)
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise TrainError(f"reading {data} failed during training ({type(exc).__name__}: {first}); "
                          f"check the dataset with 'higgs verify {data}'") from None
