@@ -279,14 +279,18 @@ def check_sizes(data: str, manifest: dict[str, Any],
             got, version = listing[rel]
             if got != want:
                 whole, part = divmod(got, records.FRAMED_BYTES)
-                how = (f"{n - whole} records short" if got < want and not part else
-                       f"{whole - n} records too many" if not part else
-                       f"cut mid-record: {whole} whole records and {part} bytes")
+                how = (_records(n - whole) + " short" if got < want and not part else
+                       _records(whole - n) + " too many" if not part else
+                       f"cut mid-record: {_records(whole)} and {part} bytes")
                 raise IntegrityError(f"shard {uri} has {got:,} bytes but manifest.json says {n} records "
                                      f"= {want:,} bytes ({how}); rebuild the dataset with "
                                      f"'higgs convert --overwrite'")
             out.append((split, rel, n, version))
     return out
+
+
+def _records(n: int) -> str:
+    return f"{n:,} record{'' if n == 1 else 's'}"
 
 
 def check_shard(uri: str, n_records: int, chunk_records: int = CHUNK_RECORDS) -> None:
