@@ -2,6 +2,7 @@
 
     higgs synth --rows 100000 --seed 1 --out data/sources/sample.csv.gz
     higgs convert --source data/sources/sample.csv.gz --out data/sample
+    higgs verify data/sample
     higgs train --data data/sample --out runs/try --preset sample --workers 2
     higgs lr-find --data data/sample --out runs/lrfind --set train.optimizer=sgd
     higgs tune --data data/sample --out runs/tune --trials 8
@@ -71,6 +72,16 @@ def cmd_convert(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     verb = "already complete, nothing to do:" if result.skipped else "wrote"
     print(f"{verb} {args.out} — training {rows['training']:,}, validation {rows['validation']:,}, "
           f"test {rows['test']:,} rows, {result.manifest['bad_rows']} bad rows")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from pipeline.data import verify
+
+    splits = args.split or None
+    result = verify.verify_dataset(args.data, crc=not args.sizes_only,
+                                   **({"splits": splits} if splits else {}))
+    print(result.summary())
     return 0
 
 
@@ -181,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bad-rows", type=int, default=None)
     _add_config_args(p)
     p.set_defaults(handler=cmd_convert, takes_beam_args=True)
+
+    p = sub.add_parser("verify", help="check every shard's records and CRCs against DATA/manifest.json")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("--split", action="append", choices=["training", "validation", "test"],
+                   help="check only this split (repeatable; default: all)")
+    p.add_argument("--sizes-only", action="store_true", help="presence and sizes only, no CRCs")
+    p.set_defaults(handler=cmd_verify)
 
     p = sub.add_parser("train", help="train the wide-and-deep model")
     p.add_argument("--data", required=True, metavar="DATA")

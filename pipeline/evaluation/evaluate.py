@@ -37,7 +37,7 @@ import numpy as np
 from pipeline.core import rundir
 from pipeline.core.config import Config, EvaluateConfig, to_yaml
 from pipeline.core.errors import PipelineError
-from pipeline.data import dataset
+from pipeline.data import dataset, verify
 from pipeline.evaluation import export, metrics, report
 
 log = logging.getLogger(__name__)
@@ -67,13 +67,25 @@ def read_batches(
         batch_size: rows per batch.
         max_rows: stop after this many rows (the last batch is cut).
     """
+    import tensorflow as tf
+
     from pipeline.training import inputs
 
     # One pass: a cache would only hold memory (and warn when the pass stops early).
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, cache=False))
     ds = inputs.make_dataset(data, split, cfg, training=False, batch_size=batch_size)
     seen = 0
-    for features, labels in ds:
+    it = iter(ds)
+    while True:
+        try:
+            features, labels = next(it)
+        except StopIteration:
+            return
+        except (tf.errors.DataLossError, tf.errors.NotFoundError) as exc:
+            # The shards passed the check when the read began: they changed since. Name the shard.
+            verify.verify_dataset(data, splits=(split,), use_cache=False)
+            raise EvaluateError(f"reading the {split} split of {data} failed ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0]}); check it with 'higgs verify {data}'") from None
         x, y = features.numpy(), labels.numpy().reshape(-1)
         if max_rows is not None and seen + len(y) >= max_rows:
             yield x[:max_rows - seen], y[:max_rows - seen]
@@ -196,6 +208,8 @@ def evaluate(cfg: Config, data: str | dataset.Dataset, run_dir: str,
     Raises:
         EvaluateError: missing model, empty or inconsistent test split.
         pipeline.data.dataset.DatasetError: ``data`` is not a dataset.
+        pipeline.data.verify.IntegrityError: a test (or baseline training) shard is missing,
+            short or corrupt (checked before anything is written).
     """
     from pipeline.core.tfk import keras
 
@@ -207,6 +221,8 @@ def evaluate(cfg: Config, data: str | dataset.Dataset, run_dir: str,
                             f"'higgs train --data {data} --out {run_dir}'")
     data = dataset.open_dataset(data)
     manifest = data.manifest
+    # A missing, short or corrupt shard ends here in one line, before anything is written.
+    verify.verify_dataset(data, splits=("training", "test") if ecfg.baseline else ("test",))
     test_rows = data.rows("test")
     out_dir = Path(rundir.report_dir(run))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core.config import Config
-from pipeline.data import dataset, records
+from pipeline.data import dataset, records, verify
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -87,11 +87,16 @@ def make_dataset(
 
     Raises:
         pipeline.data.dataset.DatasetError: no manifest, unknown split or no shards.
+        pipeline.data.verify.IntegrityError: a shard of the split is missing, not the size its
+            records need, or corrupt (checked once per file version and process).
     """
     import tensorflow as tf
 
     source = dataset.Dataset(str(data), manifest) if manifest else dataset.open_dataset(data)
     paths = source.shard_paths(split)
+    # Steps come from the manifest and training repeats the data: a short shard would
+    # silently train on fewer rows. Check every shard before reading any.
+    verify.verify_dataset(source, splits=(split,))
     counts = [int(s.get("records", 0)) for s in source.manifest["shards"][split]]
     t = cfg.train
     batch = batch_size or t.batch_size_per_replica

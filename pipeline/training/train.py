@@ -10,9 +10,17 @@ directories they delete, TensorFlow's multi-worker saving rule)::
     RUN/config.yaml            the resolved config
     RUN/model/model.keras      the model with the best validation AUC (EarlyStopping restores it)
     RUN/logs/                  TensorBoard
-    RUN/checkpoints/backup/    BackupAndRestore: a killed run resumes at the next epoch
-    RUN/checkpoints/best_model.keras
+    RUN/checkpoints/           the resumable state, kept until model.keras is in place:
+        backup/                  BackupAndRestore (model, optimizer, epoch)
+        state.json               early stopping / LR plateau counters of the backed-up epoch
+        best-epoch-NNNN.weights.npz   the best epoch's weights so far
     RUN/history.json           {"epoch": [...], "loss": [...], "auc": [...], ..., "lr": [...]}
+
+Nothing is lost on a kill (``docs/faults.md``): every epoch ends in one ordered commit
+(:class:`EpochCommit`: best weights, ``history.json``, callback state, then the backup as the
+commit point), so a rerun resumes after the last committed epoch with the same early-stopping
+and learning-rate state and a history without gaps; the final model is written to a temporary
+name and renamed, and only then is the resumable state removed.
 
 This module trains in this process only: alone, or as one worker of a ``TF_CONFIG`` cluster.
 Which backend runs it (here, a local cluster of worker processes, a Vertex AI job) is chosen
@@ -24,9 +32,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -34,12 +44,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.core import rundir
+import numpy as np
+
+from pipeline.core import faults, rundir, storage
 from pipeline.core.config import Config, write_config
 from pipeline.core.errors import PipelineError
 from pipeline.core.rundir import TrainResult
 from pipeline.core.tfk import keras
-from pipeline.data import dataset
+from pipeline.data import dataset, verify
 from pipeline.training import strategy as strategy_lib
 
 if TYPE_CHECKING:
@@ -48,6 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ESTIMATE_MAX_SPE = 4  # steps_per_execution used by estimate() (see there)
+TRAIN_SPLITS = ("training", "validation")  # what a run reads
 
 
 class TrainError(PipelineError):
@@ -120,8 +133,10 @@ def run_training(cfg: Config, data: str | dataset.Dataset, run_dir: str) -> Trai
         :class:`~pipeline.core.rundir.TrainResult` of the chief's outputs.
 
     Raises:
-        TrainError: the run directory is unusable.
+        TrainError: the run directory is unusable, or the data changed while being read.
         pipeline.data.dataset.DatasetError: ``data`` is not a dataset.
+        pipeline.data.verify.IntegrityError: a training or validation shard is missing, short
+            or corrupt (checked before anything is written).
         pipeline.training.strategy.StrategyError: the strategy cannot be created here.
     """
     if "://" in run_dir:
@@ -130,8 +145,11 @@ def run_training(cfg: Config, data: str | dataset.Dataset, run_dir: str) -> Trai
     if cfg.train.workers > 1 and not strategy_lib.is_worker_process():
         raise TrainError(f"train.workers={cfg.train.workers} needs a cluster: run it through "
                          "pipeline.backends.train (higgs train --workers N starts one on 127.0.0.1)")
-    # A bad path fails here, before anything heavy; the manifest is read once.
-    return _train_here(cfg, dataset.open_dataset(data), Path(run_dir))
+    # A bad path, or a missing, short or corrupt shard, fails here: before anything heavy and
+    # before the run directory exists. The manifest is read once.
+    data = dataset.open_dataset(data)
+    verify.verify_dataset(data, splits=TRAIN_SPLITS)
+    return _train_here(cfg, data, Path(run_dir))
 
 
 def estimate(cfg: Config, data: str | dataset.Dataset, *, min_seconds: float = 3.0,
@@ -266,6 +284,7 @@ def _train_here(cfg: Config, data: dataset.Dataset, run_dir: Path) -> TrainResul
         out.mkdir(parents=True, exist_ok=True)
         if chief:
             write_config(cfg, rundir.config_path(out))
+            _remove_stale_model_files(out)
         model = compiled_model(cfg, strategy, steps)
         train_ds = inputs.distributed_dataset(strategy, data, "training", cfg, True)
         # Repeated + full batches: every replica sees the same number of validation steps,
@@ -273,44 +292,87 @@ def _train_here(cfg: Config, data: dataset.Dataset, run_dir: Path) -> TrainResul
         val_ds = inputs.distributed_dataset(strategy, data, "validation", cfg, False,
                                             repeat=True, drop_remainder=True)
         history_cb = HistoryJson(out)
-        callbacks = [
-            # Shared by all workers: BackupAndRestore itself redirects non-chief writes.
-            keras.callbacks.BackupAndRestore(rundir.backup_dir(run_dir)),
-            optim.WeightNormCallback(),
-            EtaLogger(epochs=cfg.train.epochs, steps_per_epoch=steps, enabled=chief),
-        ]
+        early_stopping = keras.callbacks.EarlyStopping(
+            monitor="val_auc", mode="max", patience=cfg.train.early_stopping_patience,
+            restore_best_weights=True, verbose=1 if chief else 0)
+        reduce_lr = None
         if cfg.train.reduce_lr:
-            callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            reduce_lr = keras.callbacks.ReduceLROnPlateau(
                 monitor="val_loss", mode="min", factor=cfg.train.reduce_lr_factor,
                 patience=cfg.train.reduce_lr_patience, min_delta=cfg.train.reduce_lr_min_delta,
-                min_lr=cfg.train.reduce_lr_min_lr, verbose=1 if chief else 0))
-        callbacks += [
-            keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
-                                          patience=cfg.train.early_stopping_patience,
-                                          restore_best_weights=True, verbose=1 if chief else 0),
-            keras.callbacks.ModelCheckpoint(rundir.best_model_path(run_dir), monitor="val_auc",
-                                            mode="max", save_best_only=True),
+                min_lr=cfg.train.reduce_lr_min_lr, verbose=1 if chief else 0)
+        callbacks = [
+            optim.WeightNormCallback(),
+            EtaLogger(epochs=cfg.train.epochs, steps_per_epoch=steps, enabled=chief),
+            *([reduce_lr] if reduce_lr else []),
+            early_stopping,
             keras.callbacks.TensorBoard(rundir.logs_dir(run_dir), update_freq="epoch", profile_batch=0),
+            *([_KillPoints(steps)] if faults.enabled() else []),
+            # Last, in this order: the epoch's history row, then its commit (see EpochCommit).
             history_cb,
+            EpochCommit(run_dir, out, chief=chief, epochs=cfg.train.epochs,
+                        early_stopping=early_stopping, reduce_lr=reduce_lr),
         ]
         start = time.perf_counter()
-        model.fit(train_ds, epochs=cfg.train.epochs, steps_per_epoch=steps, validation_data=val_ds,
-                  validation_steps=val_steps, callbacks=callbacks, verbose=2 if chief else 0)
+        try:
+            model.fit(train_ds, epochs=cfg.train.epochs, steps_per_epoch=steps, validation_data=val_ds,
+                      validation_steps=val_steps, callbacks=callbacks, verbose=2 if chief else 0)
+        except Exception as exc:
+            _raise_input_error(exc, data)
+            raise
         elapsed = time.perf_counter() - start
 
+        # Every worker saves (reads of synced variables are collective); the chief's file is
+        # renamed into place only when complete, and the resumable state outlives the rename.
         model_path = Path(rundir.model_path(out))
         model_path.parent.mkdir(parents=True, exist_ok=True)
-        model.save(model_path)  # every worker saves (reads of synced variables are collective)
+        tmp = Path(rundir.model_tmp_path(out, str(os.getpid())))
+        model.save(tmp)
+        faults.point("train.before_model_rename")
+        os.replace(tmp, model_path)
         digest = weights_digest(model)
         steps_done = int(model.optimizer.iterations.numpy())
         log.info("finished: %d optimizer steps in %.1f s; weights_sha256=%s", steps_done, elapsed, digest)
         _barrier(strategy)  # the chief must not exit while other workers still talk to it
+        if chief:
+            faults.point("train.before_cleanup")
+            remove_resume_state(run_dir)
     finally:
         if not chief:
             shutil.rmtree(out, ignore_errors=True)
     if not chief:  # its outputs are gone; report the chief's paths with this worker's history
         return TrainResult.from_history(run_dir, history_cb.history)
     return TrainResult.from_run_dir(run_dir)
+
+
+def _raise_input_error(exc: Exception, data: dataset.Dataset) -> None:
+    """Turn TensorFlow's read error of a shard that changed after the check into one line."""
+    import tensorflow as tf
+
+    if isinstance(exc, (tf.errors.DataLossError, tf.errors.NotFoundError)):
+        verify.verify_dataset(data, splits=TRAIN_SPLITS, use_cache=False)
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise TrainError(f"reading {data} failed during training ({type(exc).__name__}: {first}); "
+                         f"check the dataset with 'higgs verify {data}'") from None
+
+
+def _remove_stale_model_files(run: Path) -> None:
+    """Delete temporary model files a killed run left beside ``model/model.keras``."""
+    for path in Path(rundir.model_dir(run)).glob(rundir.MODEL_TMP_PATTERN):
+        path.unlink(missing_ok=True)
+
+
+def remove_resume_state(run: str | Path) -> None:
+    """Remove the resumable state of a finished run (after ``model.keras`` is in place).
+
+    The backup goes first: a kill midway leaves callback state without a backup, which a
+    later run ignores (it starts fresh), never a backup without its callback state.
+    """
+    shutil.rmtree(rundir.backup_dir(run), ignore_errors=True)
+    Path(rundir.backup_dir(run)).mkdir(parents=True, exist_ok=True)
+    Path(rundir.state_path(run)).unlink(missing_ok=True)
+    for path in Path(rundir.checkpoints_dir(run)).glob(rundir.BEST_WEIGHTS_PATTERN):
+        path.unlink(missing_ok=True)
 
 
 def weights_digest(model: Any) -> str:
@@ -376,6 +438,134 @@ class HistoryJson(keras.callbacks.Callback):
             column.append(None if value is None else (int(value) if key == "epoch" else float(value)))
         self.history = history
         rundir.write_history(self.run, history)  # atomic: a reader (or a kill) never sees half a file
+
+
+class EpochCommit(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore whose backup is the commit point of an epoch, and whose restore is whole.
+
+    Keras' own callback backs up when its turn comes (before ReduceLROnPlateau had lowered the
+    rate, before ``history.json`` was written) and deletes the backup when ``fit`` returns; a
+    resumed run restarted early stopping and the LR plateau from scratch. Here, placed last,
+    the end of epoch N is one ordered commit:
+
+    1. (``HistoryJson``, the callback just before this one: the history row of N, atomic),
+    2. when N improved ``val_auc``: its weights to ``best-epoch-N.weights.npz`` (atomic),
+    3. ``state.json``: the early-stopping and LR-plateau state after N (with that after N-1),
+    4. the backup of model, optimizer and epoch N — the commit point,
+    5. best-weight files no kept state refers to are removed.
+
+    A kill before 4 retrains epoch N (its history row and state are replaced); a kill after it
+    resumes at N+1 with the callbacks exactly as they were. A resume of a run whose last
+    committed epoch ended it (the last epoch, or early stopping) trains no further epoch and
+    only restores the best weights for the final save. The backup is kept when ``fit``
+    returns (:func:`remove_resume_state` removes it once ``model.keras`` is in place).
+
+    Args:
+        run_dir: the run directory (every worker restores from the chief's state there).
+        out: where this worker writes (the run directory, or a non-chief's private one).
+        chief: whether this worker writes the run directory.
+        epochs: the run's epochs.
+        early_stopping: the run's EarlyStopping callback (``restore_best_weights=True``).
+        reduce_lr: the run's ReduceLROnPlateau callback, if any.
+    """
+
+    KEEP_STATES = 2  # the committed epoch and the one before (a commit may be cut before 4)
+
+    def __init__(self, run_dir: Path, out: Path, *, chief: bool, epochs: int,
+                 early_stopping: Any, reduce_lr: Any | None) -> None:
+        super().__init__(rundir.backup_dir(run_dir), delete_checkpoint=False)
+        self.run_dir, self.out, self.chief, self.epochs = run_dir, out, chief, epochs
+        self.early_stopping, self.reduce_lr = early_stopping, reduce_lr
+        self.states: dict[str, dict[str, Any]] = {}
+        self.resumed_from: int | None = None  # the restored (last committed) epoch, if any
+
+    # -- resume -----------------------------------------------------------------------------
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        """Restore the backup, then the callbacks' state of the same epoch."""
+        super().on_train_begin(logs)  # restores model + optimizer + epoch (after the others reset)
+        saved = int(self._training_state._ckpt_saved_epoch.numpy())
+        if saved < 0:
+            return
+        self.resumed_from = saved
+        try:
+            self.states = json.loads(Path(rundir.state_path(self.run_dir)).read_text())["epochs"]
+        except (OSError, ValueError, KeyError):
+            self.states = {}
+        state = self.states.get(str(saved))
+        if state is None:
+            log.warning("the backup of epoch %d has no callback state in %s; early stopping and the "
+                        "LR plateau restart their counts", saved + 1, rundir.state_path(self.run_dir))
+            return
+        es = self.early_stopping
+        es.wait, es.best = state["early_stopping"]["wait"], float(state["early_stopping"]["best"])
+        es.best_epoch = state["early_stopping"]["best_epoch"]
+        es.stopped_epoch = state["early_stopping"]["stopped_epoch"]
+        best_file = Path(rundir.best_weights_path(self.run_dir, es.best_epoch))
+        if best_file.is_file():
+            with np.load(best_file) as npz:
+                es.best_weights = [npz[f"arr_{i}"] for i in range(len(npz.files))]
+        else:
+            log.warning("%s is missing; the final model will be the best epoch after the resume", best_file)
+        if self.reduce_lr is not None and state.get("reduce_lr"):
+            rl = self.reduce_lr
+            rl.wait, rl.best = state["reduce_lr"]["wait"], float(state["reduce_lr"]["best"])
+            rl.cooldown_counter = state["reduce_lr"]["cooldown_counter"]
+        if state["stopped"] or saved >= self.epochs - 1:
+            # The committed epoch ended the run (a kill came after fit): train nothing more.
+            self._training_state._ckpt_saved_epoch.assign(self.epochs - 1)
+            log.info("the backup holds the finished run (epoch %d/%d%s); saving its best model",
+                     saved + 1, self.epochs, ", early stopping" if state["stopped"] else "")
+
+    # -- commit -----------------------------------------------------------------------------
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        """Commit epoch ``epoch``: best weights, callback state, then the backup."""
+        es = self.early_stopping
+        if self.chief and es.best_epoch == epoch and es.best_weights is not None:
+            buf = io.BytesIO()
+            np.savez(buf, *es.best_weights)
+            storage.write_bytes(rundir.best_weights_path(self.out, epoch), buf.getvalue())  # atomic
+        state = {
+            "early_stopping": {"wait": es.wait, "best": float(es.best), "best_epoch": es.best_epoch,
+                               "stopped_epoch": es.stopped_epoch},
+            "reduce_lr": None if self.reduce_lr is None else {
+                "wait": self.reduce_lr.wait, "best": float(self.reduce_lr.best),
+                "cooldown_counter": self.reduce_lr.cooldown_counter},
+            "stopped": bool(self.model.stop_training),
+        }
+        kept = sorted(((int(k), v) for k, v in self.states.items() if int(k) < epoch))
+        self.states = {str(k): v for k, v in kept[-(self.KEEP_STATES - 1):]}
+        self.states[str(epoch)] = state
+        if self.chief:
+            storage.write_text(rundir.state_path(self.out), json.dumps({"epochs": self.states}, indent=1))
+        faults.point("train.before_backup", epoch)
+        super().on_epoch_end(epoch, logs)  # the backup: epoch `epoch` is committed
+        faults.point("train.after_backup", epoch)
+        if self.chief:
+            wanted = {rundir.best_weights_path(self.out, s["early_stopping"]["best_epoch"])
+                      for s in self.states.values()}
+            for path in Path(rundir.checkpoints_dir(self.out)).glob(rundir.BEST_WEIGHTS_PATTERN):
+                if str(path) not in wanted:
+                    path.unlink(missing_ok=True)
+
+
+class _KillPoints(keras.callbacks.Callback):
+    """Fires the ``train.mid_epoch`` kill point (added only when ``HIGGS_KILL_AT`` is set)."""
+
+    def __init__(self, steps_per_epoch: int) -> None:
+        super().__init__()
+        self.half, self.epoch, self.fired = max(1, steps_per_epoch // 2), 0, False
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        """Remember the epoch."""
+        self.epoch, self.fired = epoch, False
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        """At the first batch end past half of the epoch: the kill point."""
+        if not self.fired and batch + 1 >= self.half:
+            self.fired = True
+            faults.point("train.mid_epoch", self.epoch)
 
 
 def current_lr(model: Any) -> float:

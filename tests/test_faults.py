@@ -1,0 +1,305 @@
+"""Fault injection: bad inputs and kills at every stage boundary, on real files and the GCS emulator.
+
+    .venv/bin/pytest tests/test_faults.py -q                 # all (kills are marked slow)
+    .venv/bin/pytest tests/test_faults.py -q -m "not slow"   # the bad-input cases
+
+Kills are real: a ``higgs`` subprocess dies by SIGKILL at a named point (``HIGGS_KILL_AT``,
+:mod:`pipeline.core.faults`) or from outside, then the same command is run again and its
+outputs are compared with what the first run had committed. Bad inputs are real files (and
+emulator objects) cut, flipped or removed; each must end in one line naming the shard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.core import storage
+from pipeline.core.config import load_config
+from pipeline.data import dataset, records, verify
+
+ROOT = Path(__file__).resolve().parents[1]
+W = records.FRAMED_BYTES
+SHARD = "training/part-00001-of-00004.tfrecord"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+    env.update(extra)
+    return env
+
+
+def _higgs(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, env=env or _env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _last_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+# --- bad inputs -------------------------------------------------------------------------------
+
+
+def _copy(small_dataset: str, tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    shutil.copytree(small_dataset, data)
+    return data
+
+
+def _flip(path: Path, offset: int) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0x5A]))
+
+
+def _truncate(path: Path, nbytes: int) -> None:
+    os.truncate(path, path.stat().st_size - nbytes)
+
+
+# name → (how to break DATA/SHARD, a piece of the one-line message)
+BAD_INPUTS = {
+    "missing": (lambda p: p.unlink(), "is missing (manifest.json lists it with 2728 records)"),
+    "short_by_50_records": (lambda p: _truncate(p, 50 * W), "(50 records short)"),
+    "cut_mid_record": (lambda p: _truncate(p, 100), "cut mid-record: 2,727 records and 79 bytes"),
+    "one_record_too_many": (lambda p: p.write_bytes(p.read_bytes() + p.read_bytes()[:W]), "1 record too many"),
+    "flipped_data_byte": (lambda p: _flip(p, 1000 * W + 100), "record 1000 at byte offset 179,000"),
+    "flipped_length_byte": (lambda p: _flip(p, 7 * W + 3), "record 7 at byte offset 1,253"),
+    "flipped_length_crc": (lambda p: _flip(p, 2727 * W + 9), "record 2727 at byte offset 488,133"),
+    "flipped_data_crc": (lambda p: _flip(p, 64 * W + W - 1), "record 64 at byte offset 11,456"),
+}
+
+
+def test_a_good_dataset_verifies(small_dataset: str) -> None:
+    result = verify.verify_dataset(small_dataset, use_cache=False)
+    manifest = dataset.load_manifest(small_dataset)
+    assert result.records == sum(manifest["rows"].values()) == 12_000
+    assert result.splits["training"].shards == 4 and result.bytes == 12_000 * W
+    text = result.summary()
+    assert "OK" in text and "10,910 records" in text and "records/s" in text
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_a_bad_shard_is_named_in_one_line(small_dataset: str, tmp_path: Path, case: str) -> None:
+    data = _copy(small_dataset, tmp_path)
+    breaks, message = BAD_INPUTS[case]
+    breaks(data / SHARD)
+    with pytest.raises(verify.IntegrityError) as err:
+        verify.verify_dataset(str(data))
+    text = str(err.value)
+    assert "\n" not in text and str(data / SHARD) in text and message in text, text
+    assert "higgs convert --overwrite" in text
+    # The other splits alone are fine: the check names the shard, not the dataset.
+    verify.verify_dataset(str(data), splits=("validation", "test"))
+
+
+def test_every_corrupt_byte_of_a_record_is_found() -> None:
+    rng = __import__("numpy").random.default_rng(3)
+    feats = rng.normal(size=(300, 28)).astype("float32")
+    chunk = records.frame_records(records.encode_examples(feats, (feats[:, 0] > 0).astype("float32")))
+    assert verify.check_chunk(chunk) is None
+    for offset in range(0, len(chunk), 13):
+        broken = bytearray(chunk)
+        broken[offset] ^= 1 << (offset % 8)
+        assert verify.check_chunk(bytes(broken)) == offset // W, offset
+
+
+def test_a_shard_rewritten_after_the_check_is_checked_again(small_dataset: str, tmp_path: Path) -> None:
+    data = _copy(small_dataset, tmp_path)
+    verify.verify_dataset(str(data))
+    path = data / SHARD
+    blob = bytearray(path.read_bytes())
+    blob[5 * W + 50] ^= 1
+    path.write_bytes(bytes(blob))  # a new mtime: the cached result no longer applies
+    with pytest.raises(verify.IntegrityError, match="record 5 at byte offset 895"):
+        verify.verify_dataset(str(data))
+
+
+@pytest.mark.gcs
+def test_bad_shards_on_gcs_are_named(gcs_bucket: str, small_dataset: str) -> None:
+    data = f"gs://{gcs_bucket}/data/sample"
+    for rel in storage.list_files(small_dataset):
+        storage.write_bytes(storage.join(data, rel), Path(small_dataset, rel).read_bytes())
+    assert verify.verify_dataset(data).records == 12_000
+    uri = storage.join(data, SHARD)
+    good = storage.read_bytes(uri)
+    broken = bytearray(good)
+    broken[2000 * W + 40] ^= 0xFF
+    storage.write_bytes(uri, bytes(broken))  # a new generation
+    with pytest.raises(verify.IntegrityError, match=r"gs://.*part-00001-of-00004.tfrecord is corrupt: "
+                                                    r"record 2000 at byte offset 358,000"):
+        verify.verify_dataset(data)
+    storage.write_bytes(uri, good[:-50 * W])
+    with pytest.raises(verify.IntegrityError, match="50 records short"):
+        verify.verify_dataset(data, crc=False)
+
+
+def test_higgs_verify_cli(small_dataset: str, tmp_path: Path) -> None:
+    ok = _higgs("verify", small_dataset)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "OK — framing + CRC of every record match manifest.json" in ok.stdout
+    data = _copy(small_dataset, tmp_path)
+    _flip(data / SHARD, 1000 * W + 100)
+    bad = _higgs("verify", str(data))
+    assert bad.returncode == 2
+    assert _last_line(bad) == (f"higgs verify: error: shard {data / SHARD} is corrupt: record 1000 at byte "
+                               "offset 179,000 fails its TFRecord CRC; rebuild the dataset with "
+                               "'higgs convert --overwrite'")
+
+
+@pytest.mark.parametrize("case", ["missing", "short_by_50_records", "flipped_data_byte"])
+def test_training_on_a_bad_shard_fails_in_one_line_and_writes_nothing(small_dataset: str, tmp_path: Path,
+                                                                      case: str) -> None:
+    data = _copy(small_dataset, tmp_path)
+    breaks, message = BAD_INPUTS[case]
+    breaks(data / SHARD)
+    run = tmp_path / "run"
+    proc = _higgs("train", "--data", str(data), "--out", str(run), "--epochs", "1")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = _last_line(proc)
+    assert line.startswith("higgs train: error: shard ") and message in line, line
+    assert "Traceback" not in proc.stderr
+    assert not run.exists()  # nothing that reads as a run
+
+
+def _tiny_run(data: str, run: Path) -> None:
+    from pipeline.training.train import run_training
+
+    cfg = load_config("sample", overrides=["model.blocks=1", "model.units=16", "train.epochs=1",
+                                           "train.batch_size_per_replica=64", "train.steps_per_epoch=2",
+                                           "train.validation_steps=1", "train.steps_per_execution=1"])
+    run_training(cfg, data, str(run))
+
+
+def test_evaluating_on_a_bad_test_shard_fails_before_writing_a_report(small_dataset: str,
+                                                                        tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _tiny_run(small_dataset, run)
+    data = _copy(small_dataset, tmp_path)
+    _truncate(data / "test" / "part-00001-of-00002.tfrecord", 50 * W)
+    proc = _higgs("evaluate", "--data", str(data), "--run", str(run), "--set", "evaluate.baseline=false")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert _last_line(proc).startswith(f"higgs evaluate: error: shard {data}/test/part-00001-of-00002")
+    assert "(50 records short)" in _last_line(proc)
+    assert not (run / "report").exists()
+
+
+def test_a_shard_corrupted_while_training_reads_it_is_named(small_dataset: str, tmp_path: Path) -> None:
+    """The check passed (cached), then the bytes changed under the same mtime: TensorFlow's own
+    CRC error is turned into the one line naming the shard."""
+    from pipeline.training.train import run_training
+
+    data = _copy(small_dataset, tmp_path)
+    verify.verify_dataset(str(data))  # this process now trusts these file versions
+    path = data / SHARD
+    st = path.stat()
+    _flip(path, 10 * W + 60)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # same inode, size and mtime
+    cfg = load_config("sample", overrides=["model.blocks=1", "model.units=16", "train.epochs=1",
+                                           "train.batch_size_per_replica=512", "train.steps_per_epoch=30",
+                                           "train.validation_steps=1", "train.steps_per_execution=1"])
+    with pytest.raises(verify.IntegrityError, match="record 10 at byte offset 1,790"):
+        run_training(cfg, str(data), str(tmp_path / "run"))
+    assert (tmp_path / "run" / "config.yaml").is_file()  # training had started: the read found it
+    assert not (tmp_path / "run" / "model" / "model.keras").exists()
+
+
+# --- training: kill at each boundary, rerun, compare -------------------------------------------
+
+EPOCHS = 4
+# Epoch 0 learns at 1e-2; from step 20 on the rate is 3.0 and the model falls apart, so epoch 0
+# is (by far) the best: the final model must be epoch 0's weights even when the run that
+# trained epoch 0 was killed.
+TRAIN_SETTINGS = ["--preset", "sample", "--epochs", str(EPOCHS),
+                  "--set", "model.blocks=2", "--set", "model.units=32",
+                  "--set", "train.batch_size_per_replica=64", "--set", "train.steps_per_epoch=20",
+                  "--set", "train.validation_steps=2", "--set", "train.steps_per_execution=1",
+                  "--set", "train.reduce_lr=false", "--set", "train.schedule=piecewise",
+                  "--set", "train.schedule_boundaries=[20]", "--set", "train.schedule_values=[0.01,3.0]"]
+
+
+def _train_args(data: str, run: Path, *extra: str) -> list[str]:
+    return ["train", "--data", data, "--out", str(run), *TRAIN_SETTINGS, *extra]
+
+
+def _history(run: Path) -> dict:
+    return json.loads((run / "history.json").read_text())
+
+
+def _validation_auc(data: str, run: Path) -> float:
+    """The final model's AUC on the rows every epoch was validated on (2 batches of 64)."""
+    from pipeline.core.tfk import keras
+    from pipeline.training import inputs
+
+    cfg = load_config("sample", overrides=["train.batch_size_per_replica=64"])
+    ds = inputs.make_dataset(data, "validation", cfg, training=False, repeat=True, drop_remainder=True)
+    model = keras.models.load_model(run / "model" / "model.keras")
+    return float(model.evaluate(ds, steps=2, verbose=0, return_dict=True)["auc"])
+
+
+def _no_leftovers(run: Path) -> None:
+    assert not list((run / "model").glob(".model.keras.tmp-*")), list((run / "model").iterdir())
+    assert not (run / "checkpoints" / "state.json").exists()
+    assert not list((run / "checkpoints").glob("best-epoch-*"))
+    assert not any((run / "checkpoints" / "backup").iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("point", "resumes_at"), [
+    ("train.mid_epoch@1", 1),        # epoch 1 half done: lost, retrained
+    ("train.before_backup@1", 1),    # epoch 1's history row written, its backup not: retrained
+    ("train.after_backup@1", 2),     # epoch 1 committed: kept
+    ("train.before_model_rename", None),  # fit done, model in its temporary file
+    ("train.before_cleanup", None),  # model.keras in place, resumable state not yet removed
+])
+def test_a_killed_training_resumes_without_losing_an_epoch(small_dataset: str, tmp_path: Path,
+                                                           point: str, resumes_at: int | None) -> None:
+    run = tmp_path / "run"
+    first = _higgs(*_train_args(small_dataset, run), env=_env(HIGGS_KILL_AT=point))
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    before = _history(run)
+    committed = EPOCHS if resumes_at is None else resumes_at
+
+    second = _higgs(*_train_args(small_dataset, run))
+    assert second.returncode == 0, second.stderr[-3000:]
+    after = _history(run)
+    assert after["epoch"] == list(range(EPOCHS))  # contiguous, every epoch once
+    assert f"{EPOCHS} epochs" in second.stdout
+    for key in ("loss", "val_loss", "val_auc", "lr"):  # committed epochs are kept, not retrained
+        assert after[key][:committed] == before[key][:committed], key
+    trained = [line for line in second.stderr.splitlines() if f"/{EPOCHS}" in line and " epoch " in line]
+    if resumes_at is None:
+        assert "the backup holds the finished run" in second.stderr
+        assert not trained, trained  # nothing trained again
+    else:
+        assert f"resumed from the backup at epoch {resumes_at + 1}/{EPOCHS}" in second.stderr
+        assert f"epoch {resumes_at}/{EPOCHS}" not in second.stderr
+    # Early stopping's best weights survived the kill: the saved model is epoch 0's.
+    assert after["val_auc"][0] == max(after["val_auc"])
+    assert _validation_auc(small_dataset, run) == pytest.approx(after["val_auc"][0], abs=1e-6)
+    _no_leftovers(run)
+
+
+@pytest.mark.slow
+def test_a_run_that_stopped_early_stays_stopped_after_a_kill(small_dataset: str, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = _train_args(small_dataset, run, "--set", "train.early_stopping_patience=1")
+    first = _higgs(*args, env=_env(HIGGS_KILL_AT="train.after_backup@1"))
+    assert first.returncode == -signal.SIGKILL
+    assert _history(run)["epoch"] == [0, 1]
+    second = _higgs(*args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "the backup holds the finished run (epoch 2/4, early stopping)" in second.stderr
+    assert _history(run)["epoch"] == [0, 1] and "2 epochs" in second.stdout
+    assert _validation_auc(small_dataset, run) == pytest.approx(_history(run)["val_auc"][0], abs=1e-6)
+    _no_leftovers(run)
