@@ -22,7 +22,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -31,6 +31,11 @@ from pipeline.core.errors import PipelineError
 
 class ConfigError(PipelineError, ValueError):
     """A configuration value, key or file that cannot be used; the message is one line."""
+
+
+# Which columns the model and the BDT baseline read (pipeline.core.schema.FEATURE_SETS): the 21
+# low-level detector features, the 7 high-level masses, or all 28 (Baldi et al. 2014, Table 1).
+FeatureSet = Literal["all", "low", "high"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,8 @@ class ModelConfig:
     l1: float = 0.0
     l2: float = 0.0
     wide: bool = True
+    # The input stays float32 [None, 28]; the model selects these columns inside its graph.
+    features: FeatureSet = "all"
 
 
 @dataclass(frozen=True)
@@ -231,6 +238,18 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "evaluate": {"baseline_rows": 100_000, "baseline_trees": 100, "auc_floor": 0.65},
         "tune": {"trials": 8, "epochs": 2, "blocks": (1, 2, 3), "units": (32, 64, 128),
                  "batch_sizes": (256, 512, 1024)},
+    },
+    # `higgs paper` (Baldi et al. 2014, Table 1) on generated data, sized for a 2-core CPU:
+    # three trainings (low / high / all features) and three BDTs in about 20 minutes
+    # (docs/paper.md). On the real file with an accelerator use `--preset full`.
+    "paper": {
+        "data": {"synth_rows": 1_100_000, "training_shards": 8, "validation_shards": 2,
+                 "test_shards": 2},
+        "model": {"blocks": 4, "units": 256, "dropout": 0.0},
+        "train": {"epochs": 8, "batch_size_per_replica": 1024, "steps_per_execution": 16,
+                  "learning_rate": 2e-3, "shuffle_buffer": 200_000, "cache": True,
+                  "early_stopping_patience": 3},
+        "evaluate": {"baseline_rows": 500_000, "baseline_trees": 200, "auc_floor": 0.65},
     },
 }
 
@@ -399,6 +418,11 @@ def _replace_section(section: str, current: Any, values: dict[str, Any]) -> Any:
 def _check(name: str, value: Any, hint: Any) -> Any:
     """Return ``value`` converted to ``hint`` where lossless, else raise ConfigError."""
     origin = typing.get_origin(hint)
+    if origin is Literal:
+        options = typing.get_args(hint)
+        if value in options:
+            return value
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, options))}, got {value!r}")
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:
