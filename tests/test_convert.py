@@ -21,7 +21,9 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.core import schema
 from pipeline.core.config import load_config
+from pipeline.core.storage import Files
 from pipeline.data import convert, dataset, records, synth
+from pipeline.data.convert import stage, transforms
 
 ROWS = 12_000  # the small_dataset fixture: synth seed 7, sample preset shard counts
 
@@ -254,7 +256,7 @@ def test_read_transform_with_test_pipeline(tmp_path: Path) -> None:
     assert len(starts) > 3
     with test_pipeline.TestPipeline() as p:
         out = (p | beam.Create([(3, str(src))])
-               | beam.ParDo(convert._ReadBlocks(block_bytes, convert._Files())).with_outputs(
+               | beam.ParDo(transforms.ReadBlocks(block_bytes, Files())).with_outputs(
                    convert.BAD_TAG, convert.PARTS_TAG, main="rows"))
         assert_that(out.rows | beam.Map(lambda b: (b.part, b.line0)),
                     equal_to([(3, s) for s in starts]), label="blocks")
@@ -334,6 +336,7 @@ def _corrupt(path: Path) -> Path:
 
 @pytest.mark.parametrize("kind, expect", [
     ("missing", "not found"),
+    ("directory", "is not a file"),
     ("empty", "is empty"),
     ("empty_gzip", "holds no rows"),
     ("not_gzip", "not gzip-compressed"),
@@ -346,7 +349,9 @@ def test_file_errors_fail_with_one_line_before_publishing(tmp_path: Path, kind: 
                                                           expect: str) -> None:
     src = tmp_path / "src.csv.gz"
     big = "".join(x + "\n" for x in _good_lines(3000)).encode()
-    if kind == "empty":
+    if kind == "directory":
+        src.mkdir()
+    elif kind == "empty":
         src.write_bytes(b"")
     elif kind == "empty_gzip":
         src.write_bytes(gzip.compress(b""))
@@ -435,7 +440,7 @@ def test_multi_processing_mode_gives_identical_shards(tmp_path: Path, small_data
 
 
 def test_secrets_in_beam_args_are_not_recorded() -> None:
-    assert convert._redact(["--runner", "DataflowRunner", "--api_key=abc", "--token", "xyz",
-                            "--project", "p"]) == [
+    assert stage.redact(["--runner", "DataflowRunner", "--api_key=abc", "--token", "xyz",
+                         "--project", "p"]) == [
         "--runner", "DataflowRunner", "--api_key=<redacted>", "--token", "<redacted>",
         "--project", "p"]

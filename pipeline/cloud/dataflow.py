@@ -37,7 +37,6 @@ from pipeline.core.config import Config, require_runtime
 from pipeline.core.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
-_JOB_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 
 
 class DataflowConfigError(PipelineError):
@@ -210,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from pipeline.core.config import load_config
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline.cloud.dataflow", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.cloud.dataflow",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="full")
     parser.add_argument("--config", default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[])

@@ -1,7 +1,8 @@
 """Evaluate a trained run on the whole test split and write ``RUN/report/``.
 
     higgs evaluate --data data/sample --run runs/try
-    python -c "from pipeline.core.config import load_config; from pipeline.evaluation.evaluate import evaluate; \
+    python -c "from pipeline.core.config import load_config; \
+from pipeline.evaluation.evaluate import evaluate; \
 print(evaluate(load_config('sample'), 'data/sample', 'runs/try')['auc'])"
 
 One pass over the test shards in batches (memory bounded by the batch, plus one float per
@@ -54,7 +55,7 @@ class EvaluateError(PipelineError):
 
 
 def read_batches(
-    data: str, split: str, cfg: Config, batch_size: int, max_rows: int | None = None
+    data: str | dataset.Dataset, split: str, cfg: Config, batch_size: int, max_rows: int | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(features float32 [B, 28], labels float32 [B])`` of one split, once, in order.
 
@@ -64,7 +65,7 @@ def read_batches(
     are scored on the same batch at the same time.
 
     Args:
-        data: dataset directory (local or gs://).
+        data: dataset directory (local or gs://) or an opened dataset.
         split: ``training``, ``validation`` or ``test``.
         cfg: the resolved config (input pipeline settings).
         batch_size: rows per batch.
@@ -86,7 +87,7 @@ def read_batches(
 
 
 def load_rows(
-    data: str, split: str, cfg: Config, max_rows: int, batch_size: int = 65_536
+    data: str | dataset.Dataset, split: str, cfg: Config, max_rows: int, batch_size: int = 65_536
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read the first ``max_rows`` rows of a split into arrays (for the baseline's fit).
 
@@ -158,27 +159,12 @@ def bless(candidate_auc: float, published: dict[str, Any] | None, cfg: EvaluateC
             "floor": cfg.auc_floor, "max_auc_regression": cfg.max_auc_regression}
 
 
-def trained_feature_set(cfg: Config, run: str | Path) -> str:
-    """The feature set the run's model was trained on (its ``config.yaml``; else ``cfg``'s).
-
-    The baseline must read the same columns as the model, and a run remembers what it was
-    trained with, so ``higgs evaluate`` needs no ``--set model.features=…`` to match it.
-    """
-    path = Path(rundir.config_path(run))
-    if not path.is_file():
-        return cfg.model.features
-    trained = read_config(path).model.features
-    if trained != cfg.model.features:
-        log.info("%s was trained on the %r feature set; the baseline uses it too (config says %r)",
-                 run, trained, cfg.model.features)
-    return trained
-
-
 def _read_history(run: Path) -> dict[str, list[float]]:
     try:
         history = rundir.read_history(run)
     except json.JSONDecodeError as exc:
-        raise EvaluateError(f"{rundir.history_path(run)} is not valid JSON ({exc.msg}); re-run training") from None
+        raise EvaluateError(f"{rundir.history_path(run)} is not valid JSON ({exc.msg}); "
+                            "re-run training") from None
     if not history:
         log.warning("%s is missing; the report will have no training curves", rundir.history_path(run))
     return history
@@ -193,6 +179,22 @@ def _json_ready(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_json_ready(v) for v in value]
     return value
+
+
+def trained_feature_set(cfg: Config, run: str | Path) -> str:
+    """The feature set the run's model was trained on (its ``config.yaml``; else ``cfg``'s).
+
+    The baseline must read the same columns as the model, and a run remembers what it was
+    trained with, so ``higgs evaluate`` needs no ``--set model.features=…`` to match it.
+    """
+    path = Path(rundir.config_path(run))
+    if not path.is_file():
+        return cfg.model.features
+    trained = read_config(path).model.features
+    if trained != cfg.model.features:
+        log.info("%s was trained on the %r feature set; the baseline uses it too (config says %r)",
+                 run, trained, cfg.model.features)
+    return trained
 
 
 @dataclass(frozen=True)
@@ -212,13 +214,13 @@ class Evaluation:
     baseline: np.ndarray | None
 
 
-def evaluate(cfg: Config, data: str, run_dir: str, published_metrics: dict[str, Any] | None = None,
-             published_at: str = "") -> dict[str, Any]:
+def evaluate(cfg: Config, data: str | dataset.Dataset, run_dir: str,
+             published_metrics: dict[str, Any] | None = None, published_at: str = "") -> dict[str, Any]:
     """Evaluate ``RUN/model/model.keras`` on every test row and write ``RUN/report/``.
 
     Args:
         cfg: the resolved config (``evaluate`` section: batch size, baseline, floor, ...;
-            ``model.features``: the columns the baseline reads).
+            the baseline reads the feature set the run was trained on, :func:`trained_feature_set`).
         data: the converted dataset (``DATA/manifest.json`` and shards).
         run_dir: the trained run directory.
         published_metrics: the metrics of the model published now (with ``run_id``), to bless
@@ -236,11 +238,9 @@ def evaluate(cfg: Config, data: str, run_dir: str, published_metrics: dict[str, 
     return evaluate_run(cfg, data, run_dir, published_metrics, published_at).metrics
 
 
-def evaluate_run(cfg: Config, data: str, run_dir: str, published_metrics: dict[str, Any] | None = None,
-                 published_at: str = "") -> Evaluation:
-    """:func:`evaluate`, also returning the test labels and scores.
-
-    The baseline reads the feature set the run was trained on (:func:`trained_feature_set`).
+def evaluate_run(cfg: Config, data: str | dataset.Dataset, run_dir: str,
+                 published_metrics: dict[str, Any] | None = None, published_at: str = "") -> Evaluation:
+    """:func:`evaluate`, also returning the test labels and both classifiers' scores.
 
     Args:
         cfg: the resolved config (``evaluate`` section: batch size, baseline, floor, ...).
@@ -266,8 +266,9 @@ def evaluate_run(cfg: Config, data: str, run_dir: str, published_metrics: dict[s
     if not model_path.is_file():
         raise EvaluateError(f"{model_path} is missing; train first with "
                             f"'higgs train --data {data} --out {run_dir}'")
-    manifest = dataset.load_manifest(data)
-    test_rows = dataset.split_rows(manifest, "test")
+    data = dataset.open_dataset(data)
+    manifest = data.manifest
+    test_rows = data.rows("test")
     out_dir = Path(rundir.report_dir(run))
     out_dir.mkdir(parents=True, exist_ok=True)
     # blessing.json is written last and publish requires it: remove an old one first, so a
@@ -330,7 +331,7 @@ def evaluate_run(cfg: Config, data: str, run_dir: str, published_metrics: dict[s
     result["blessed"] = blessing["blessed"]
     result["published_auc"] = blessing["published_auc"]
     result["run_id"] = run.resolve().name
-    result["data"] = data
+    result["data"] = data.uri
 
     result = _json_ready(result)
     Path(rundir.metrics_path(run)).write_text(json.dumps(result, indent=1) + "\n")
@@ -344,10 +345,10 @@ def evaluate_run(cfg: Config, data: str, run_dir: str, published_metrics: dict[s
     report.plot_history(out_dir / report.HISTORY_PNG, history)
     config_path = Path(rundir.config_path(run))
     config_yaml = config_path.read_text() if config_path.is_file() else to_yaml(cfg)
-    report.write_markdown(Path(rundir.report_path(run)), run_dir=str(run), data=data, manifest=manifest,
+    report.write_markdown(Path(rundir.report_path(run)), run_dir=str(run), data=data.uri, manifest=manifest,
                           config_yaml=config_yaml, history=history, metrics_dict=result,
                           blessing=blessing)
     Path(rundir.blessing_path(run)).write_text(json.dumps(blessing, indent=1) + "\n")
-    log.info("wrote %s (AUC %.4f on %s features, blessed %s)", out_dir, result["auc"],
-             features, result["blessed"])
+    log.info("wrote %s (AUC %.4f on %s features, blessed %s)", out_dir, result["auc"], features,
+             result["blessed"])
     return Evaluation(metrics=result, labels=labels, deep=deep, baseline=bdt_scores)
