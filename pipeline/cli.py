@@ -9,6 +9,7 @@
     higgs evaluate --data data/sample --run runs/try
     higgs publish --run runs/try --to runs
     higgs run --preset sample
+    higgs paper --preset paper      # Baldi et al. 2014 Table 1: deep model and BDT × 3 feature sets
 
 Every command prints what it wrote and exits non-zero with a one-line reason on failure.
 Config comes from ``--preset``, ``--config FILE.yaml`` and repeated ``--set key=value``.
@@ -164,6 +165,16 @@ def cmd_run(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     return 0
 
 
+def cmd_paper(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
+    extra = [f"data.source={args.source}"] if args.source else []
+    cfg = _config(args, extra)
+    from pipeline.experiments import paper
+
+    result = paper.run_paper(cfg, data=args.data, out=args.out, beam_args=beam_args)
+    print(result.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``higgs`` argument parser (all subcommands)."""
     parser = argparse.ArgumentParser(prog="higgs", description=__doc__.split("\n")[0])
@@ -250,6 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", default=None, metavar="OUT")
     _add_config_args(p)
     p.set_defaults(handler=cmd_run, takes_beam_args=True)
+
+    p = sub.add_parser("paper", help="the paper's Table 1: deep model and BDT on the low-level, "
+                                     "high-level and complete feature sets → OUT/table.md")
+    p.add_argument("--source", default=None, metavar="URI", help="source to convert (without --data)")
+    p.add_argument("--data", default=None, metavar="DATA", help="a converted dataset (default: convert "
+                                                                "the config's source)")
+    p.add_argument("--out", default=None, metavar="OUT",
+                   help="output directory (default: <runs_root>/paper-<time>-<preset>)")
+    _add_config_args(p, default_preset="paper")
+    p.set_defaults(handler=cmd_paper, takes_beam_args=True)
     return parser
 
 

@@ -75,7 +75,7 @@ def test_bad_overrides_fail_with_one_clear_line(override: str, message: str) -> 
 
 
 def test_unknown_preset() -> None:
-    with pytest.raises(C.ConfigError, match="unknown preset 'huge'; choose one of: full, sample"):
+    with pytest.raises(C.ConfigError, match="unknown preset 'huge'; choose one of: full, paper, sample"):
         C.load_config("huge")
 
 

@@ -87,6 +87,13 @@ def test_tune_deployment_serves_the_search_flow():
     assert tune.parameters == {"preset": "sample"}
 
 
+def test_table_deployment_serves_the_paper_flow():
+    (table,) = deployments.build_deployments(deployments.load_specs(), only=["table"])
+    assert (table.flow_name, table.name) == ("higgs-paper", "table")
+    assert table.entrypoint == "flows.paper.higgs_paper"
+    assert table.parameters == {"preset": "paper"}
+
+
 def test_deployment_spec_errors_are_one_line(tmp_path):
     bad = tmp_path / "prefect.yaml"
     bad.write_text("deployments:\n  - name: x\n    entrypoint: flows.higgs.higgs\n")

@@ -32,6 +32,7 @@ from pipeline.core.config_tree import (
     Config,
     DataConfig,
     EvaluateConfig,
+    FeatureSet,
     LogLevel,
     ModelConfig,
     Optimizer,
@@ -57,6 +58,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "EvaluateConfig",
+    "FeatureSet",
     "LogLevel",
     "ModelConfig",
     "Optimizer",
@@ -109,6 +111,18 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "evaluate": {"baseline_rows": 100_000, "baseline_trees": 100, "auc_floor": 0.65},
         "tune": {"trials": 8, "epochs": 2, "blocks": (1, 2, 3), "units": (32, 64, 128),
                  "batch_sizes": (256, 512, 1024)},
+    },
+    # `higgs paper` (Baldi et al. 2014, Table 1) on generated data, sized for a 2-core CPU:
+    # three trainings (low / high / all features) and three BDTs in about 20 minutes
+    # (docs/paper.md). On the real file with an accelerator use `--preset full`.
+    "paper": {
+        "data": {"synth_rows": 1_100_000, "training_shards": 8, "validation_shards": 2,
+                 "test_shards": 2},
+        "model": {"blocks": 4, "units": 256, "dropout": 0.0},
+        "train": {"epochs": 8, "batch_size_per_replica": 1024, "steps_per_execution": 16,
+                  "learning_rate": 2e-3, "shuffle_buffer": 200_000, "cache": True,
+                  "early_stopping_patience": 3},
+        "evaluate": {"baseline_rows": 500_000, "baseline_trees": 200, "auc_floor": 0.65},
     },
 }
 

@@ -25,6 +25,9 @@ Backend = Literal["local", "vertex"]
 Sampler = Literal["tpe", "random"]
 TpuType = Literal["", "v2-8", "v3-8", "v5e-1", "v5e-4", "v5e-8"]  # "" = no TPU
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+# The columns the model and the BDT baseline read (pipeline.core.schema.FEATURE_SETS): all 28,
+# the 21 low-level detector features or the 7 high-level masses (Baldi et al. 2014, Table 1).
+FeatureSet = Literal["all", "low", "high"]
 
 
 def choices(alias: Any) -> tuple[str, ...]:
@@ -78,6 +81,8 @@ class ModelConfig:
     l1: float = 0.0
     l2: float = 0.0
     wide: bool = True
+    # The input stays float32 [None, 28]; the model selects these columns inside its graph.
+    features: FeatureSet = "all"
 
 
 @dataclass(frozen=True)
