@@ -353,7 +353,11 @@ def _raise_input_error(exc: Exception, data: dataset.Dataset) -> None:
     """Turn TensorFlow's read error of a shard that changed after the check into one line."""
     import tensorflow as tf
 
-    if isinstance(exc, (tf.errors.DataLossError, tf.errors.NotFoundError)):
+    # The framed fast reader (inputs._framed_dataset) asserts the frame layout of every record;
+    # TFRecordDataset raises DataLossError on a bad CRC. Either way an uncached check names the
+    # shard and the byte offset.
+    layout = isinstance(exc, tf.errors.InvalidArgumentError) and "fixed HIGGS layout" in str(exc)
+    if layout or isinstance(exc, (tf.errors.DataLossError, tf.errors.NotFoundError)):
         verify.verify_dataset(data, splits=TRAIN_SPLITS, use_cache=False)
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise TrainError(f"reading {data} failed during training ({type(exc).__name__}: {first}); "
