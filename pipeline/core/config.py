@@ -114,7 +114,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     # `higgs paper` (Baldi et al. 2014, Table 1) on generated data, sized for a 2-core CPU:
     # three trainings (low / high / all features) and three BDTs in about 20 minutes
-    # (docs/paper.md). On the real file with an accelerator use `--preset full`.
+    # (pipeline/experiments/paper.py). On the real file with an accelerator use `--preset full`.
     "paper": {
         "data": {"synth_rows": 1_100_000, "training_shards": 8, "validation_shards": 2,
                  "test_shards": 2},
