@@ -277,7 +277,7 @@ def check_sizes(data: str, manifest: dict[str, Any],
                 raise IntegrityError(f"shard {uri} is missing (manifest.json lists it with {n} records); "
                                      f"rebuild the dataset with 'higgs convert --overwrite'")
             got, version = listing[rel]
-            if got != want:
+            if got != want and not _foreign_layout(uri):
                 whole, part = divmod(got, records.FRAMED_BYTES)
                 how = (_records(n - whole) + " short" if got < want and not part else
                        _records(whole - n) + " too many" if not part else
@@ -304,6 +304,9 @@ def check_shard(uri: str, n_records: int, chunk_records: int = CHUNK_RECORDS) ->
     Raises:
         IntegrityError: the first corrupt record, with its index and byte offset.
     """
+    if _foreign_layout(uri):
+        check_frames(uri, n_records)
+        return
     width = records.FRAMED_BYTES
     with storage.open_read(uri) as fh:
         done = 0
@@ -320,6 +323,42 @@ def check_shard(uri: str, n_records: int, chunk_records: int = CHUNK_RECORDS) ->
                     f"shard {uri} is corrupt: record {record} at byte offset {record * width:,} fails its "
                     f"TFRecord CRC; rebuild the dataset with 'higgs convert --overwrite'")
             done += len(chunk) // width
+
+
+def _foreign_layout(uri: str) -> bool:
+    """True when the shard's first record is not our 163-byte Example (another writer's layout)."""
+    with storage.open_read(uri) as fh:
+        head = fh.read(8)
+    return len(head) == 8 and struct.unpack("<Q", head)[0] != records.EXAMPLE_BYTES
+
+
+def check_frames(uri: str, n_records: int) -> None:
+    """Walk every frame of a shard whose records are not fixed-size (another writer's layout).
+
+    Raises:
+        IntegrityError: a frame cut short or failing a CRC (with its index and byte offset), or
+            a record count other than the manifest's.
+    """
+    data = storage.read_bytes(uri)
+    off = count = 0
+    fix = "rebuild the dataset with 'higgs convert --overwrite'"
+    while off < len(data):
+        if off + 12 > len(data):
+            raise IntegrityError(f"shard {uri} is cut inside record {count} at byte offset {off:,}; {fix}")
+        (length,) = struct.unpack_from("<Q", data, off)
+        (length_crc,) = struct.unpack_from("<I", data, off + 8)
+        end = off + 16 + length
+        ok = records.masked_crc32c(data[off:off + 8]) == length_crc and end <= len(data)
+        if ok:
+            (data_crc,) = struct.unpack_from("<I", data, end - 4)
+            ok = records.masked_crc32c(data[off + 12:end - 4]) == data_crc
+        if not ok:
+            raise IntegrityError(f"shard {uri} is corrupt: record {count} at byte offset {off:,} fails its "
+                                 f"TFRecord CRC; {fix}")
+        off, count = end, count + 1
+    if count != n_records:
+        raise IntegrityError(f"shard {uri} holds {count:,} records but manifest.json says "
+                             f"{n_records:,}; {fix}")
 
 
 _VERIFIED: dict[tuple[str, str], str] = {}  # (data, shard) → version whose CRCs were checked
