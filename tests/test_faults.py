@@ -36,7 +36,8 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _higgs(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def _higgs(*args: str, env: dict[str, str] | None = None,
+           timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, env=env or _env(),
                           capture_output=True, text=True, timeout=timeout)
 
@@ -72,7 +73,8 @@ BAD_INPUTS = {
     "missing": (lambda p: p.unlink(), "is missing (manifest.json lists it with 2728 records)"),
     "short_by_50_records": (lambda p: _truncate(p, 50 * W), "(50 records short)"),
     "cut_mid_record": (lambda p: _truncate(p, 100), "cut mid-record: 2,727 records and 79 bytes"),
-    "one_record_too_many": (lambda p: p.write_bytes(p.read_bytes() + p.read_bytes()[:W]), "1 record too many"),
+    "one_record_too_many": (lambda p: p.write_bytes(p.read_bytes() + p.read_bytes()[:W]),
+                            "1 record too many"),
     "flipped_data_byte": (lambda p: _flip(p, 1000 * W + 100), "record 1000 at byte offset 179,000"),
     "flipped_length_byte": (lambda p: _flip(p, 7 * W + 3), "record 7 at byte offset 1,253"),
     "flipped_length_crc": (lambda p: _flip(p, 2727 * W + 9), "record 2727 at byte offset 488,133"),

@@ -149,6 +149,7 @@ def run_training(cfg: Config, data: str | dataset.Dataset, run_dir: str) -> Trai
     # before the run directory exists. The manifest is read once.
     data = dataset.open_dataset(data)
     verify.verify_dataset(data, splits=TRAIN_SPLITS)
+    storage.check_destination(run_dir, what="--out")
     return _train_here(cfg, data, Path(run_dir))
 
 

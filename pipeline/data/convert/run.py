@@ -8,8 +8,10 @@ staging (:mod:`.stage`), the Beam pipeline (:mod:`.transforms`), publish (:mod:`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from pipeline.core import storage
+from pipeline.core import locks, storage
 from pipeline.core.config import DataConfig
 from pipeline.core.storage import Files
 from pipeline.data.convert import preflight, stage, transforms
@@ -59,7 +61,7 @@ def _metrics(result: Any) -> dict[str, int]:
 
 
 def convert(source: str, out: str, data_cfg: DataConfig, beam_args: Sequence[str] = (),
-            overwrite: bool = False) -> ConvertResult:
+            overwrite: bool = False, wait: float = 0.0) -> ConvertResult:
     """Convert a HIGGS CSV(.gz) source into a sharded TFRecord dataset with a Beam pipeline.
 
     Args:
@@ -69,7 +71,10 @@ def convert(source: str, out: str, data_cfg: DataConfig, beam_args: Sequence[str
         data_cfg: split sizes, shard counts, ``block_rows`` and ``max_bad_rows``.
         beam_args: Beam pipeline options, untouched (``--runner``, ``--direct_num_workers``,
             ``--project`` …). ``--no_auth`` makes gs:// access anonymous.
-        overwrite: rebuild even if DATA already holds a complete dataset.
+        overwrite: rebuild even if DATA already holds a complete dataset (only the files its
+            manifest lists are replaced).
+        wait: seconds to wait while another conversion holds DATA's lock (0 = refuse at once);
+            after the wait, a dataset the other run finished for the same source is reused.
 
     Returns:
         :class:`ConvertResult`; ``skipped`` when DATA was already complete for the same source
@@ -77,7 +82,8 @@ def convert(source: str, out: str, data_cfg: DataConfig, beam_args: Sequence[str
 
     Raises:
         ConvertError: missing/empty/corrupt source, a header line, too many bad rows, a DATA
-            holding another dataset (without ``overwrite``), or a failed pipeline step.
+            holding another dataset (without ``overwrite``) or files the converter did not
+            write, another conversion into DATA, or a failed pipeline step.
     """
     from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
@@ -89,10 +95,32 @@ def convert(source: str, out: str, data_cfg: DataConfig, beam_args: Sequence[str
     line_bytes = max(preflight.check_part(files, p) for p in parts)
     fingerprint = stage.source_fingerprint(parts, source)
     wanted = stage.output_options(data_cfg)
-    existing = stage.existing_dataset(files, out, fingerprint, wanted, overwrite)
-    if existing is not None:
-        return ConvertResult(out, existing, True)
+    storage.check_destination(out, files, what="--out")
+    created = not storage.is_gcs(out) and not os.path.exists(out)
+    try:
+        lock = locks.hold(storage.join(out, stage.LOCK_FILE), "convert", wait=wait,
+                          busy_hint="wait for it (higgs convert --wait SECONDS) or choose another --out")
+    except locks.LockError as exc:
+        raise ConvertError(str(exc)) from None
+    try:
+        existing = stage.existing_dataset(files, out, fingerprint, wanted, overwrite)
+        if existing is not None:
+            return ConvertResult(out, existing, True)
+        stage.check_foreign(files, out)
+        manifest, metrics = _run(files, parts, out, fingerprint, wanted, data_cfg, beam_args, options,
+                                 line_bytes, started, lock)
+    finally:
+        lock.release()
+        if created:  # a failed first conversion leaves no directory behind
+            with contextlib.suppress(OSError):
+                os.rmdir(out)
+    return ConvertResult(out, manifest, False, metrics)
 
+
+def _run(files: Files, parts: list[str], out: str, fingerprint: dict[str, Any], wanted: dict[str, Any],
+         data_cfg: DataConfig, beam_args: list[str], options: Any, line_bytes: int, started: float,
+         lock: locks.Lock) -> tuple[dict[str, Any], dict[str, int]]:
+    """Run the pipeline into a fresh staging directory and publish it (under ``lock``)."""
     staging = stage.staging_dir(out)
     block_bytes = int(min(256 << 20, max(64 << 10, data_cfg.block_rows * line_bytes)))
     cfg = {"validation_rows": data_cfg.validation_rows, "test_rows": data_cfg.test_rows,
@@ -105,12 +133,15 @@ def convert(source: str, out: str, data_cfg: DataConfig, beam_args: Sequence[str
                                                                  spread_parts=len(parts) > 1))
         metrics = _metrics(p.result)
         result = json.loads(files.read_bytes(storage.join(staging, stage.RESULT_FILE)))
+        lock.check()  # a writer that lost its lock must not publish over the new holder's work
         manifest = stage.publish(files, out, staging, result, fingerprint, data_cfg, beam_args,
                                  block_bytes, wanted, time.monotonic() - started)
     except Exception as exc:
         stage.discard(files, staging)
+        if isinstance(exc, locks.LockError):
+            raise ConvertError(str(exc)) from None
         line = error_line(exc)  # raised in a DoFn: marked, maybe wrapped by the runner
         if line is not None:
             raise ConvertError(line) from None
         raise
-    return ConvertResult(out, manifest, False, metrics)
+    return manifest, metrics
