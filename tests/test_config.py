@@ -12,7 +12,11 @@ def test_full_preset_is_the_reference_run() -> None:
     assert (cfg.model.blocks, cfg.model.units, cfg.model.dropout) == (5, 2048, 0.1)
     assert cfg.train.batch_size_per_replica == 2048
     assert cfg.train.optimizer == "adam"
-    assert cfg.data.source.startswith("https://") and cfg.data.source.endswith("HIGGS.csv.gz")
+    # The UCI page's current download, and the legacy path with the real file's size and sha256.
+    assert cfg.data.source == "https://archive.ics.uci.edu/static/public/280/higgs.zip"
+    assert (cfg.data.sha256, cfg.data.expected_bytes) == ("", 0)  # published nowhere: not checked
+    assert cfg.data.mirror.endswith("/00280/HIGGS.csv.gz")
+    assert cfg.data.mirror_bytes == 2_816_407_858 and cfg.data.mirror_sha256.startswith("ea302c18")
 
 
 def test_sample_preset_is_smaller_than_full() -> None:
@@ -71,7 +75,7 @@ def test_bad_overrides_fail_with_one_clear_line(override: str, message: str) -> 
 
 
 def test_unknown_preset() -> None:
-    with pytest.raises(C.ConfigError, match="unknown preset 'huge'; choose one of: full, sample"):
+    with pytest.raises(C.ConfigError, match="unknown preset 'huge'; choose one of: full, paper, sample"):
         C.load_config("huge")
 
 

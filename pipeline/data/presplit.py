@@ -17,7 +17,7 @@ rows) is unchanged. ``_presplit.json`` is written last; a rerun for the same sou
 (``pipeline.data.source.fingerprint``) reuses the parts. gzip headers carry mtime 0, so the same
 source always gives byte-identical parts (and the converter's own reuse check holds).
 
-Scaling model (measured figures: ``benchmarks/presplit.py``; README.md §Run on Google Cloud): with N rows, a
+Scaling model (measured figures: ``benchmarks/presplit.py``; docs/cloud.md): with N rows, a
 sequential split rate ``r_split`` and a per-worker conversion rate ``r_w``,
 ``T(W) ≈ N/r_split + N/(min(W, P)·r_w) + T_plan``, against ``N/r_w`` for the single ``.gz`` — so
 the speed-up ``≈ 1 / (r_w/r_split + 1/min(W, P))`` is capped at ``r_split/r_w`` by the one

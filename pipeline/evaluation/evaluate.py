@@ -11,14 +11,17 @@ AUC for comparison, and — when ``evaluate.baseline`` is on — the LightGBM ba
 predictions on the same rows. Then, in ``RUN/report/``:
 
 * ``metrics.json`` (contract: ``auc``, ``auc_ci95``, ``accuracy``, ``log_loss``,
-  ``test_rows``; plus ``keras_auc``, ``keras_auc_diff``, ``working_points``, ``baseline``,
-  ``blessed`` and more),
+  ``test_rows``; plus ``feature_set`` and ``feature_names`` (the columns both the model and
+  the baseline read, ``model.features``), ``keras_auc``, ``keras_auc_diff``,
+  ``working_points``, ``baseline``, ``blessed`` and more),
 * ``blessing.json`` — the decision against ``evaluate.auc_floor`` and the currently
   published model (``OUT/latest.json``) with its reasons; written last (``higgs publish``
   needs it), and removed first, so a failed re-evaluation leaves no stale decision,
 * ``report.md``, ``roc.png``, ``scores.png``, ``history.png``;
 
 and ``RUN/model/saved_model/`` is exported if missing, with a reload check on test rows.
+:func:`evaluate_run` does the same and also returns the test labels and both classifiers'
+scores (``higgs paper`` draws several runs' ROC curves in one plot from them).
 """
 
 from __future__ import annotations
@@ -29,13 +32,14 @@ import logging
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.core import rundir
-from pipeline.core.config import Config, EvaluateConfig, to_yaml
+from pipeline.core import rundir, schema
+from pipeline.core.config import Config, EvaluateConfig, read_config, to_yaml
 from pipeline.core.errors import PipelineError
 from pipeline.data import dataset, verify
 from pipeline.evaluation import export, metrics, report
@@ -189,9 +193,66 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
+def trained_feature_set(cfg: Config, run: str | Path) -> str:
+    """The feature set the run's model was trained on (its ``config.yaml``; else ``cfg``'s).
+
+    The baseline must read the same columns as the model, and a run remembers what it was
+    trained with, so ``higgs evaluate`` needs no ``--set model.features=…`` to match it.
+    """
+    path = Path(rundir.config_path(run))
+    if not path.is_file():
+        return cfg.model.features
+    trained = read_config(path).model.features
+    if trained != cfg.model.features:
+        log.info("%s was trained on the %r feature set; the baseline uses it too (config says %r)",
+                 run, trained, cfg.model.features)
+    return trained
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation: the metrics written to ``metrics.json`` and the scores behind them.
+
+    Attributes:
+        metrics: the ``metrics.json`` content.
+        labels: float32 [test_rows] 0/1 labels, in the test split's file order.
+        deep: float32 [test_rows] the deep model's signal probabilities.
+        baseline: float64 [test_rows] the BDT's, or None with ``evaluate.baseline`` off.
+    """
+
+    metrics: dict[str, Any]
+    labels: np.ndarray
+    deep: np.ndarray
+    baseline: np.ndarray | None
+
+
 def evaluate(cfg: Config, data: str | dataset.Dataset, run_dir: str,
              published_metrics: dict[str, Any] | None = None, published_at: str = "") -> dict[str, Any]:
     """Evaluate ``RUN/model/model.keras`` on every test row and write ``RUN/report/``.
+
+    Args:
+        cfg: the resolved config (``evaluate`` section: batch size, baseline, floor, ...;
+            the baseline reads the feature set the run was trained on, :func:`trained_feature_set`).
+        data: the converted dataset (``DATA/manifest.json`` and shards).
+        run_dir: the trained run directory.
+        published_metrics: the metrics of the model published now (with ``run_id``), to bless
+            against; None when nothing is published
+            (:func:`pipeline.publish.store.published_metrics` reads them).
+        published_at: where published models live, for the blessing's wording.
+
+    Returns:
+        The metrics dict also written to ``RUN/report/metrics.json``.
+
+    Raises:
+        EvaluateError: missing model, empty or inconsistent test split.
+        pipeline.data.dataset.DatasetError: ``data`` is not a dataset.
+    """
+    return evaluate_run(cfg, data, run_dir, published_metrics, published_at).metrics
+
+
+def evaluate_run(cfg: Config, data: str | dataset.Dataset, run_dir: str,
+                 published_metrics: dict[str, Any] | None = None, published_at: str = "") -> Evaluation:
+    """:func:`evaluate`, also returning the test labels and both classifiers' scores.
 
     Args:
         cfg: the resolved config (``evaluate`` section: batch size, baseline, floor, ...).
@@ -203,7 +264,7 @@ def evaluate(cfg: Config, data: str | dataset.Dataset, run_dir: str,
         published_at: where published models live, for the blessing's wording.
 
     Returns:
-        The metrics dict also written to ``RUN/report/metrics.json``.
+        The :class:`Evaluation` (its ``metrics`` are also in ``RUN/report/metrics.json``).
 
     Raises:
         EvaluateError: missing model, empty or inconsistent test split.
@@ -230,6 +291,7 @@ def evaluate(cfg: Config, data: str | dataset.Dataset, run_dir: str,
     # re-evaluation that fails midway cannot leave a stale "blessed" beside a new model.
     Path(rundir.blessing_path(run)).unlink(missing_ok=True)
 
+    features = trained_feature_set(cfg, run)
     model = export.load_model(model_path)
     bdt = None
     if ecfg.baseline:
@@ -238,7 +300,7 @@ def evaluate(cfg: Config, data: str | dataset.Dataset, run_dir: str,
         log.info("baseline: read %d training rows in %.1f s", len(y_train), time.perf_counter() - start)
         from pipeline.evaluation import baseline
 
-        bdt = baseline.fit(x_train, y_train, ecfg)
+        bdt = baseline.fit(x_train, y_train, ecfg, feature_set=features)
         del x_train, y_train
 
     # One pass over the test split: bounded memory, one float per row kept per classifier.
@@ -268,6 +330,8 @@ def evaluate(cfg: Config, data: str | dataset.Dataset, run_dir: str,
 
     result: dict[str, Any] = metrics.summary(labels, deep, bootstrap=ecfg.bootstrap)
     result["test_rows"] = result.pop("rows")
+    result["feature_set"] = features
+    result["feature_names"] = list(schema.FEATURE_SETS[features])
     result["keras_auc"] = float(keras_auc.result().numpy())
     result["keras_auc_diff"] = result["auc"] - result["keras_auc"]
     result["predict_seconds"] = round(predict_seconds, 2)
@@ -301,5 +365,6 @@ def evaluate(cfg: Config, data: str | dataset.Dataset, run_dir: str,
                           config_yaml=config_yaml, history=history, metrics_dict=result,
                           blessing=blessing)
     Path(rundir.blessing_path(run)).write_text(json.dumps(blessing, indent=1) + "\n")
-    log.info("wrote %s (AUC %.4f, blessed %s)", out_dir, result["auc"], result["blessed"])
-    return result
+    log.info("wrote %s (AUC %.4f on %s features, blessed %s)", out_dir, result["auc"], features,
+             result["blessed"])
+    return Evaluation(metrics=result, labels=labels, deep=deep, baseline=bdt_scores)
