@@ -352,9 +352,7 @@ def _train_here(cfg: Config, data: dataset.Dataset, run_dir: Path) -> TrainResul
 
 def _raise_input_error(exc: Exception, data: dataset.Dataset) -> None:
     """Turn TensorFlow's read error of a shard that changed after the check into one line."""
-    import tensorflow as tf
-
-    if isinstance(exc, (tf.errors.DataLossError, tf.errors.NotFoundError)):
+    if verify.is_read_error(exc):
         verify.verify_dataset(data, splits=TRAIN_SPLITS, use_cache=False)
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise TrainError(f"reading {data} failed during training ({type(exc).__name__}: {first}); "
