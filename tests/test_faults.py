@@ -14,10 +14,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -108,7 +110,9 @@ def test_a_bad_shard_is_named_in_one_line(small_dataset: str, tmp_path: Path, ca
 
 
 def test_every_corrupt_byte_of_a_record_is_found() -> None:
-    rng = __import__("numpy").random.default_rng(3)
+    import numpy as np
+
+    rng = np.random.default_rng(3)
     feats = rng.normal(size=(300, 28)).astype("float32")
     chunk = records.frame_records(records.encode_examples(feats, (feats[:, 0] > 0).astype("float32")))
     assert verify.check_chunk(chunk) is None
@@ -535,3 +539,86 @@ def test_unwritable_local_destinations_fail_in_one_line(small_dataset: str, tmp_
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert f"--out {out}: " in _last_line(proc) and message in _last_line(proc), _last_line(proc)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+# --- multi-worker: kill -9 one worker of a real 2-process cluster ---------------------------
+
+MW_SETTINGS = ["--preset", "sample", "--workers", "2", "--epochs", str(EPOCHS),
+               "--set", "model.blocks=2", "--set", "model.units=32",
+               "--set", "train.batch_size_per_replica=32", "--set", "train.steps_per_epoch=40",
+               "--set", "train.validation_steps=2", "--set", "train.steps_per_execution=1",
+               "--set", "train.early_stopping_patience=10"]
+
+
+def _mw_cmd(data: str, run: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.cli", "train", "--data", data, "--out", str(run),
+            *MW_SETTINGS, *extra]
+
+
+def _resumed_at(text: str) -> list[int]:
+    return [int(m) for m in re.findall(r"resumed from the backup at epoch (\d+)/", text)]
+
+
+def _digests(text: str) -> dict[str, str]:
+    return dict(re.findall(r"^\[worker (\d)\] .*weights_sha256=([0-9a-f]{64})", text, re.M))
+
+
+@pytest.mark.slow
+def test_a_killed_worker_restarts_the_cluster_and_resumes(small_dataset: str, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_mw_cmd(small_dataset, run), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        _wait_for(lambda: any("[worker 0]" in x and f"epoch 2/{EPOCHS}" in x for x in lines), proc,
+                  "worker 0 starting epoch 2", timeout=400)
+        pid = int(next(x for x in lines if "worker 1: pid " in x).rsplit("pid ", 1)[1])
+        time.sleep(1.0)  # into the epoch
+        before = _history(run)
+        os.kill(pid, signal.SIGKILL)  # kill -9 from outside, mid-epoch
+        killed_at = time.monotonic()
+        _wait_for(lambda: any("was killed by signal 9" in x for x in lines), proc, "the launcher noticing")
+        print(f"the launcher noticed worker 1's death after {time.monotonic() - killed_at:.1f} s")
+        assert proc.wait(timeout=600) == 0, "".join(lines)[-4000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=10)
+    text = "".join(lines)
+    assert "restarting the cluster on fresh ports (restart 1 of 2)" in text
+    ports = re.findall(r"starting 2 workers on 127.0.0.1 ports (\d+), (\d+)", text)
+    assert len(ports) == 2 and not set(ports[0]) & set(ports[1]), ports  # fresh ports
+    resumed = _resumed_at(text)
+    assert resumed and resumed[0] in (2, 3), text[-3000:]  # only the interrupted epoch is redone
+    after = _history(run)
+    assert after["epoch"] == list(range(EPOCHS))
+    keep = resumed[0] - 1
+    for key in ("loss", "val_auc"):  # the epochs committed before the kill are kept
+        assert after[key][:keep] == before[key][:keep], key
+    digests = _digests(text)
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+    _no_leftovers(run)
+    assert not list(run.rglob("workertemp*"))
+
+
+@pytest.mark.slow
+def test_out_of_restarts_the_launcher_says_how_to_resume(small_dataset: str, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    once = tmp_path / "fired"
+    kill = _env(HIGGS_KILL_AT="train.mid_epoch@1", HIGGS_KILL_WORKER="1", HIGGS_KILL_ONCE=str(once))
+    failed = _higgs(*_mw_cmd(small_dataset, run, "--set", "train.max_restarts=0")[3:], env=kill)
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    assert once.is_file()
+    assert _last_line(failed) == (
+        "higgs train: error: worker 1 of 2 was killed by signal 9 (see its '[worker 1]' lines above); "
+        f"stopped the other workers; 0 restart(s) used (train.max_restarts=0) — resume with the same "
+        f"command: it continues from {run}/checkpoints")
+    assert _history(run)["epoch"] == [0]
+    again = _higgs(*_mw_cmd(small_dataset, run, "--set", "train.max_restarts=0")[3:], env=kill)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _resumed_at(again.stdout + again.stderr)[:1] == [2]
+    assert _history(run)["epoch"] == list(range(EPOCHS))
+    _no_leftovers(run)
