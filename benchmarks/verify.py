@@ -23,7 +23,6 @@ is shared: the load average is printed; compare figures of the same run only.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -33,24 +32,9 @@ import numpy as np
 
 def write_dataset(out: Path, rows: int, shards: int = 16, seed: int = 5) -> Path:
     """Write ``rows`` generated events as a training split of ``shards`` files (+ manifest)."""
-    from pipeline.core import schema
-    from pipeline.data import records, synth
+    from input import write_dataset as write  # benchmarks/input.py: the same generated split
 
-    if (out / "manifest.json").is_file():
-        return out
-    labels, feats = synth.generate(rows, seed)
-    (out / "training").mkdir(parents=True, exist_ok=True)
-    entries = []
-    for i, idx in enumerate(np.array_split(np.arange(rows), shards)):
-        name = f"training/part-{i:05d}-of-{shards:05d}.tfrecord"
-        (out / name).write_bytes(records.frame_records(records.encode_examples(feats[idx], labels[idx])))
-        entries.append({"path": name, "records": len(idx)})
-    manifest = {"rows": {"training": rows, "validation": 0, "test": 0}, "bad_rows": 0,
-                "source": {"uri": f"synth:{rows}:{seed}", "bytes": 0, "sha256": ""},
-                "shards": {"training": entries, "validation": [], "test": []},
-                "features": list(schema.FEATURES)}
-    (out / "manifest.json").write_text(json.dumps(manifest))
-    return out
+    return write(out, rows, shards, seed)
 
 
 def read_pass(files: list[str]) -> int:

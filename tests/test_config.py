@@ -166,3 +166,14 @@ def test_a_bad_value_stops_higgs_run_before_any_io(tmp_path: Path) -> None:
     assert lines == ["higgs run: error: unknown train.mixed_precision 'fp8'; choose one of: auto, float32, "
                      "mixed_float16, mixed_bfloat16"]
     assert list(tmp_path.iterdir()) == []  # no data/, no runs/
+
+
+def test_a_new_source_drops_the_checks_and_mirror_of_the_old_one() -> None:
+    own = C.load_config("full", overrides=["data.source=https://example.org/mine.csv.gz"])
+    assert (own.data.mirror, own.data.mirror_sha256, own.data.mirror_bytes) == ("", "", 0)
+    given = C.load_config("full", overrides=["data.source=https://example.org/mine.csv.gz",
+                                             "data.sha256=" + "ab" * 32, "data.mirror=https://m/x.zip"])
+    assert given.data.sha256 == "ab" * 32 and given.data.mirror == "https://m/x.zip"
+    assert given.data.mirror_sha256 == ""  # not given with the new source
+    same = C.load_config("full", overrides=["data.block_rows=100"])
+    assert same.data.mirror_bytes == 2_816_407_858  # the source did not change

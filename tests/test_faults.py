@@ -203,15 +203,15 @@ def test_evaluating_on_a_bad_test_shard_fails_before_writing_a_report(small_data
 
 
 def test_a_shard_corrupted_while_training_reads_it_is_named(small_dataset: str, tmp_path: Path) -> None:
-    """The check passed (cached), then a frame header changed under the same mtime: the reader's
-    own error (a frame not in the fixed layout) is turned into the one line naming the shard."""
+    """The check passed (cached), then a frame header changed under the same mtime: the framed
+    reader's layout assertion is turned into the one line naming the shard and the offset."""
     from pipeline.training.train import run_training
 
     data = _copy(small_dataset, tmp_path)
     verify.verify_dataset(str(data))  # this process now trusts these file versions
     path = data / SHARD
     st = path.stat()
-    _flip(path, 10 * W + 3)  # the length field: the framed reader checks every frame's header
+    _flip(path, 10 * W + 1)  # the frame header: the fast reader checks it on every record
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # same inode, size and mtime
     cfg = load_config("sample", overrides=["model.blocks=1", "model.units=16", "train.epochs=1",
                                            "train.batch_size_per_replica=512", "train.steps_per_epoch=30",

@@ -152,7 +152,9 @@ def _write_shard(path, feats, labels, extra: bool) -> None:
             }
             if extra:
                 feature["source"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"kaggle"]))
-            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+            example = tf.train.Example(features=tf.train.Features(feature=feature))
+            # deterministic: map entries in key order (otherwise protobuf may put "label" first).
+            writer.write(example.SerializeToString(deterministic=True))
 
 
 def _tiny_dataset(root, extra: bool):
@@ -178,7 +180,8 @@ def _tiny_dataset(root, extra: bool):
 
 @pytest.mark.parametrize("extra", [False, True])
 def test_other_writers_records_read_the_same(tmp_path, extra):
-    """TensorFlow's own writer gives our frames (fast path); another layout falls back to parse_example."""
+    """TensorFlow's own (deterministic) serialization gives our frames and takes the fast path;
+    another layout falls back to parse_example. Both read the same values."""
     from pipeline.training.inputs import make_dataset
 
     data, feats, labels = _tiny_dataset(tmp_path / "d", extra)

@@ -114,7 +114,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     # `higgs paper` (Baldi et al. 2014, Table 1) on generated data, sized for a 2-core CPU:
     # three trainings (low / high / all features) and three BDTs in about 20 minutes
-    # (docs/paper.md). On the real file with an accelerator use `--preset full`.
+    # (pipeline/experiments/paper.py). On the real file with an accelerator use `--preset full`.
     "paper": {
         "data": {"synth_rows": 1_100_000, "training_shards": 8, "validation_shards": 2,
                  "test_shards": 2},
@@ -184,7 +184,25 @@ def merge(cfg: Config, values: dict[str, Any]) -> Config:
             raise ConfigError(f"config section {section!r} must be a mapping of keys to values")
         current = getattr(cfg, section)
         changes[section] = _replace_section(section, current, section_values)
+        if section == "data":
+            changes[section] = _forget_source_checks(current, changes[section], section_values)
     return dataclasses.replace(cfg, **changes)
+
+
+# What describes one particular source file: it cannot describe another one.
+_SOURCE_CHECKS = ("sha256", "expected_bytes", "mirror", "mirror_sha256", "mirror_bytes")
+
+
+def _forget_source_checks(before: DataConfig, after: DataConfig, given: dict[str, Any]) -> DataConfig:
+    """A new ``data.source`` drops the size, checksum and mirror of the previous one.
+
+    Unless the same layer (preset, YAML file, ``--set`` list) gives them too: the ``full``
+    preset's mirror and checksums must not be applied to a user's own URL.
+    """
+    if after.source == before.source:
+        return after
+    defaults = DataConfig()
+    return dataclasses.replace(after, **{k: getattr(defaults, k) for k in _SOURCE_CHECKS if k not in given})
 
 
 def apply_overrides(cfg: Config, overrides: typing.Iterable[str]) -> Config:

@@ -62,7 +62,7 @@ MODEL_TITLES = {"bdt": "BDT (LightGBM)", "deep": "deep network (wide & deep)"}
 
 # The AUCs of Table 1 of the paper on the real HIGGS file: boosted decision trees (BDT), a
 # shallow network (NN, one hidden layer) and the deep network (DN, 5 layers of 300 units), as
-# they are usually cited (the paper's text could not be re-checked here; docs/paper.md). The
+# they are usually cited (the paper's text could not be re-checked here). The
 # shallow network is shown for context only: this run trains no shallow network.
 PAPER_AUC: dict[str, dict[str, float]] = {
     "bdt": {"low": 0.73, "high": 0.78, "all": 0.81},

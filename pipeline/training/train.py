@@ -351,7 +351,12 @@ def _train_here(cfg: Config, data: dataset.Dataset, run_dir: Path) -> TrainResul
 
 
 def _raise_input_error(exc: Exception, data: dataset.Dataset) -> None:
-    """Turn TensorFlow's read error of a shard that changed after the check into one line."""
+    """Turn TensorFlow's read error of a shard that changed after the check into one line.
+
+    The framed fast reader (``inputs._framed_dataset``) asserts the frame layout of every
+    record; ``TFRecordDataset`` raises DataLossError on a bad CRC. Either way an uncached check
+    names the shard and the byte offset (:func:`pipeline.data.verify.is_read_error`).
+    """
     if verify.is_read_error(exc):
         verify.verify_dataset(data, splits=TRAIN_SPLITS, use_cache=False)
         first = str(exc).splitlines()[0] if str(exc) else ""
