@@ -13,6 +13,7 @@ in. ``runtime.backend=vertex`` submits a Vertex AI CustomJob whose replicas call
 
 from __future__ import annotations
 
+from pipeline.core import storage
 from pipeline.core.config import Config
 from pipeline.core.rundir import TrainResult
 from pipeline.data import dataset, verify
@@ -60,6 +61,7 @@ def train(cfg: Config, data: str | dataset.Dataset, run_dir: str) -> TrainResult
         # A bad path or a bad shard fails here, in one line, before any worker starts.
         data = dataset.open_dataset(data)
         verify.verify_dataset(data, splits=train_lib.TRAIN_SPLITS)
+        storage.check_destination(run_dir, what="--out")
         try:
             launch.run_local_cluster(cfg, data.uri, run_dir)  # each worker reads the manifest
         except launch.LaunchError as exc:

@@ -68,7 +68,8 @@ def cmd_convert(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     from pipeline.data import convert, source
 
     src = source.resolve(args.source, cfg.data)
-    result = convert.convert(src, args.out, cfg.data, beam_args=beam_args, overwrite=args.overwrite)
+    result = convert.convert(src, args.out, cfg.data, beam_args=beam_args, overwrite=args.overwrite,
+                             wait=args.wait)
     rows = result.manifest["rows"]
     verb = "already complete, nothing to do:" if result.skipped else "wrote"
     print(f"{verb} {args.out} — training {rows['training']:,}, validation {rows['validation']:,}, "
@@ -199,7 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
                                        "unknown options go to Beam")
     p.add_argument("--source", required=True, metavar="URI")
     p.add_argument("--out", required=True, metavar="DATA")
-    p.add_argument("--overwrite", action="store_true", help="rebuild even if complete")
+    p.add_argument("--overwrite", action="store_true",
+                   help="rebuild even if complete (replaces only the files the old manifest lists)")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for another conversion into DATA to finish (default: refuse)")
     p.add_argument("--max-bad-rows", type=int, default=None)
     _add_config_args(p)
     p.set_defaults(handler=cmd_convert, takes_beam_args=True)

@@ -11,12 +11,16 @@ emulator objects) cut, flipped or removed; each must end in one line naming the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -106,7 +110,9 @@ def test_a_bad_shard_is_named_in_one_line(small_dataset: str, tmp_path: Path, ca
 
 
 def test_every_corrupt_byte_of_a_record_is_found() -> None:
-    rng = __import__("numpy").random.default_rng(3)
+    import numpy as np
+
+    rng = np.random.default_rng(3)
     feats = rng.normal(size=(300, 28)).astype("float32")
     chunk = records.frame_records(records.encode_examples(feats, (feats[:, 0] > 0).astype("float32")))
     assert verify.check_chunk(chunk) is None
@@ -304,4 +310,315 @@ def test_a_run_that_stopped_early_stays_stopped_after_a_kill(small_dataset: str,
     assert "the backup holds the finished run (epoch 2/4, early stopping)" in second.stderr
     assert _history(run)["epoch"] == [0, 1] and "2 epochs" in second.stdout
     assert _validation_auc(small_dataset, run) == pytest.approx(_history(run)["val_auc"][0], abs=1e-6)
+    _no_leftovers(run)
+
+
+# --- convert: foreign content, two conversions at once, a kill while publishing ----------------
+
+
+def _source(small_dataset: str) -> str:
+    return str(Path(small_dataset).parent / "source.csv.gz")
+
+
+def _convert_cmd(source: str, out: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.cli", "convert", "--source", source, "--out", out, *extra]
+
+
+def _put_tree(local: Path, uri: str) -> None:
+    for rel in storage.list_files(str(local)):
+        storage.write_bytes(storage.join(uri, rel), (local / rel).read_bytes())
+
+
+def _out(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if kind == "local":
+        return str(tmp_path / "data")
+    return f"gs://{request.getfixturevalue('gcs_bucket')}/data"
+
+
+@pytest.mark.parametrize("kind", ["local", pytest.param("gcs", marks=pytest.mark.gcs)])
+def test_convert_refuses_foreign_content(small_dataset: str, tmp_path: Path, kind: str,
+                                        request: pytest.FixtureRequest) -> None:
+    from pipeline.data import convert
+
+    out = _out(kind, tmp_path, request)
+    cfg = load_config("sample").data
+    notes = storage.join(out, "training", "notes.txt")
+    storage.write_bytes(notes, b"my notes")
+    with pytest.raises(convert.ConvertError, match=r"files the converter did not write \(.*notes.txt\)"):
+        convert.convert(_source(small_dataset), out, cfg)
+    assert storage.read_bytes(notes) == b"my notes"
+    assert storage.list_files(out) == ["training/notes.txt"]  # no lock, no staging left
+
+    storage.delete_file(notes)
+    convert.convert(_source(small_dataset), out, cfg)
+    storage.write_bytes(notes, b"my notes")  # added to a finished dataset
+    with pytest.raises(convert.ConvertError, match=r"notes\.txt"):
+        convert.convert(_source(small_dataset), out, dataclasses.replace(cfg, training_shards=3),
+                        overwrite=True)
+    assert storage.read_bytes(notes) == b"my notes"
+    assert len(dataset.load_manifest(out)["shards"]["training"]) == 4  # the old dataset is untouched
+
+
+def test_overwrite_replaces_only_what_the_old_manifest_lists(small_dataset: str, tmp_path: Path) -> None:
+    from pipeline.data import convert
+
+    out = tmp_path / "data"
+    cfg = load_config("sample").data
+    convert.convert(_source(small_dataset), str(out), cfg)
+    old = sorted(p.name for p in (out / "training").iterdir())
+    rebuilt = convert.convert(_source(small_dataset), str(out),
+                              dataclasses.replace(cfg, training_shards=3), overwrite=True)
+    new = sorted(p.name for p in (out / "training").iterdir())
+    assert len(old) == 4 and len(new) == 3 and not set(old) & set(new)
+    assert [s["path"] for s in rebuilt.manifest["shards"]["training"]] == [f"training/{n}" for n in new]
+    assert verify.verify_dataset(str(out)).records == 12_000
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "test", "training", "validation"]
+
+
+def _wait_for(pred, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert proc.poll() is None, f"{what}: the process ended first ({proc.returncode})"
+        assert time.monotonic() < deadline, f"{what}: timed out"
+        time.sleep(0.05)
+
+
+HOLDER = """
+import sys
+from pipeline.core import locks
+lock = locks.hold(sys.argv[1], "convert")
+print("held", flush=True)
+sys.stdin.readline()
+lock.release()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["local", pytest.param("gcs", marks=pytest.mark.gcs)])
+def test_a_held_dataset_lock_refuses_or_waits(small_dataset: str, tmp_path: Path, kind: str,
+                                              request: pytest.FixtureRequest) -> None:
+    out = _out(kind, tmp_path, request)
+    lock = storage.join(out, ".convert.lock")
+    src = _source(small_dataset)
+    # A live holder of DATA's lock (the code convert takes it with), idle between requests.
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, lock], cwd=ROOT, env=_env(), text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == "held", holder.stderr.read()
+        refused = _higgs("convert", "--source", src, "--out", out)
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        line = _last_line(refused)
+        assert line.startswith(f"higgs convert: error: {out} is in use by convert (pid {holder.pid} on host ")
+        assert line.endswith("wait for it (higgs convert --wait SECONDS) or choose another --out")
+        assert storage.list_files(out) == [".convert.lock"]  # the refused run wrote nothing
+        waiting = subprocess.Popen(_convert_cmd(src, out, "--wait", "300"), cwd=ROOT, env=_env(),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(5)  # it is waiting now (or still starting up): either way it must not convert yet
+        assert not storage.exists(dataset.manifest_uri(out))
+        holder.communicate("\n", timeout=60)
+        got, err = waiting.communicate(timeout=300)
+        assert waiting.returncode == 0, err[-2000:]
+        assert got.startswith(f"wrote {out}")
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    assert verify.verify_dataset(out).records == 12_000
+    assert not [p for p in storage.list_files(out) if p.startswith(".")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["local", pytest.param("gcs", marks=pytest.mark.gcs)])
+def test_two_conversions_into_one_out_at_once(small_dataset: str, tmp_path: Path, kind: str,
+                                              request: pytest.FixtureRequest) -> None:
+    out = _out(kind, tmp_path, request)
+    src = _source(small_dataset)
+    procs = [subprocess.Popen(_convert_cmd(src, out, *extra), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for extra in ([], [], ["--wait", "300"])]
+    results = [(p.wait(timeout=600), p.stdout.read(), p.stderr.read()) for p in procs]
+    wrote = [r for r in results if r[0] == 0 and r[1].startswith(f"wrote {out}")]
+    assert len(wrote) == 1, [(rc, o, e[-500:]) for rc, o, e in results]  # exactly one converted
+    for rc, got, err in results:
+        if (rc, got, err) in wrote:
+            continue
+        lines = [x for x in err.splitlines() if x.strip()]
+        assert (rc == 0 and got.startswith(f"already complete, nothing to do: {out}")) or (
+            rc == 2 and f"{out} is in use by convert (pid " in lines[-1]), (rc, got, err[-1000:])
+    assert results[2][0] == 0  # the one that waits always ends well
+    assert verify.verify_dataset(out).records == 12_000
+    for rel in (p for p in storage.list_files(small_dataset) if p.endswith(".tfrecord")):
+        assert storage.read_bytes(storage.join(out, rel)) == Path(small_dataset, rel).read_bytes(), rel
+    assert not [p for p in storage.list_files(out) if p.startswith(".")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["local", pytest.param("gcs", marks=pytest.mark.gcs)])
+def test_a_killed_conversion_leaves_nothing_that_blocks_the_next(small_dataset: str, tmp_path: Path,
+                                                                 kind: str,
+                                                                 request: pytest.FixtureRequest) -> None:
+    out = _out(kind, tmp_path, request)
+    src = _source(small_dataset)
+    # Killed holding the lock (a stale lock), then killed halfway through publishing.
+    first = subprocess.Popen(_convert_cmd(src, out), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    _wait_for(lambda: storage.exists(storage.join(out, ".convert.lock")), first, "the lock")
+    first.kill()
+    first.wait()
+    assert not storage.exists(dataset.manifest_uri(out))
+    killed = _higgs("convert", "--source", src, "--out", out,
+                    env=_env(HIGGS_KILL_AT="convert.before_manifest"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not storage.exists(dataset.manifest_uri(out))  # not a dataset...
+    assert storage.exists(storage.join(out, SHARD))       # ...though its shards are in place
+    again = _higgs("convert", "--source", src, "--out", out)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert verify.verify_dataset(out).records == 12_000
+    shards = [p for p in storage.list_files(small_dataset) if p.endswith(".tfrecord")]
+    assert [p for p in storage.list_files(out) if p.endswith(".tfrecord")] == shards
+    for rel in shards:  # byte-identical to an uninterrupted conversion of the same source
+        assert storage.read_bytes(storage.join(out, rel)) == Path(small_dataset, rel).read_bytes(), rel
+    assert not [p for p in storage.list_files(out) if p.startswith(".")]  # no lock, journal, staging
+
+
+# --- destinations that cannot be written: seconds, one line, nothing created -----------------
+
+
+def _no_credentials_env(tmp_path: Path) -> dict[str, str]:
+    env = _env(HOME=str(tmp_path / "home"), CLOUDSDK_CONFIG=str(tmp_path / "gcloud"),
+               GCE_METADATA_HOST="127.0.0.1:9", GCE_METADATA_IP="127.0.0.1:9")
+    for key in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS"):
+        env.pop(key, None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(small_dataset: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pipeline.evaluation import evaluate
+
+    run = tmp_path_factory.mktemp("evaluated") / "run"
+    _tiny_run(small_dataset, run)
+    evaluate.evaluate(load_config("sample", overrides=["evaluate.baseline=false"]), small_dataset, str(run))
+    return run
+
+
+@pytest.mark.gcs
+def test_gcs_destinations_fail_in_one_line(small_dataset: str, gcs_emulator: str, tmp_path: Path,
+                                           evaluated_run: Path) -> None:
+    src = _source(small_dataset)
+    missing = "gs://no-such-bucket-here/data"
+    no_bucket = f"{missing}: bucket gs://no-such-bucket-here does not exist"
+    no_login = _no_credentials_env(tmp_path)
+    run = str(evaluated_run)
+    cases = {
+        "convert, no bucket": (["convert", "--source", src, "--out", missing], _env(), f"--out {no_bucket}"),
+        "publish, no bucket": (["publish", "--run", run, "--to", missing], _env(), f"--to {no_bucket}"),
+        "convert, no credentials": (["convert", "--source", src, "--out", "gs://b/data"], no_login,
+                                    "--out gs://b/data: no Google Cloud credentials"),
+        "publish, no credentials": (["publish", "--run", run, "--to", "gs://b/p"], no_login,
+                                    "--to gs://b/p: no Google Cloud credentials"),
+    }
+    for name, (args, env, message) in cases.items():
+        start = time.monotonic()
+        proc = _higgs(*args, env=env)
+        print(f"{name}: exit {proc.returncode} after {time.monotonic() - start:.1f} s")
+        assert proc.returncode == 2, (name, proc.stderr[-2000:])
+        assert message in _last_line(proc), (name, _last_line(proc))
+        assert "Traceback" not in proc.stderr, name
+
+
+@pytest.mark.parametrize("where", ["file_in_the_way", "proc"])
+def test_unwritable_local_destinations_fail_in_one_line(small_dataset: str, tmp_path: Path,
+                                                         where: str) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    out = str(blocker / "data") if where == "file_in_the_way" else "/proc/higgs-test/data"
+    message = "is a file, not a directory" if where == "file_in_the_way" else "cannot write in /proc"
+    for args in (["convert", "--source", _source(small_dataset), "--out", out],
+                 ["train", "--data", small_dataset, "--out", out, "--epochs", "1"]):
+        proc = _higgs(*args)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert f"--out {out}: " in _last_line(proc) and message in _last_line(proc), _last_line(proc)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+# --- multi-worker: kill -9 one worker of a real 2-process cluster ---------------------------
+
+MW_SETTINGS = ["--preset", "sample", "--workers", "2", "--epochs", str(EPOCHS),
+               "--set", "model.blocks=2", "--set", "model.units=32",
+               "--set", "train.batch_size_per_replica=32", "--set", "train.steps_per_epoch=40",
+               "--set", "train.validation_steps=2", "--set", "train.steps_per_execution=1",
+               "--set", "train.early_stopping_patience=10"]
+
+
+def _mw_cmd(data: str, run: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.cli", "train", "--data", data, "--out", str(run),
+            *MW_SETTINGS, *extra]
+
+
+def _resumed_at(text: str) -> list[int]:
+    return [int(m) for m in re.findall(r"resumed from the backup at epoch (\d+)/", text)]
+
+
+def _digests(text: str) -> dict[str, str]:
+    return dict(re.findall(r"^\[worker (\d)\] .*weights_sha256=([0-9a-f]{64})", text, re.M))
+
+
+@pytest.mark.slow
+def test_a_killed_worker_restarts_the_cluster_and_resumes(small_dataset: str, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_mw_cmd(small_dataset, run), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        _wait_for(lambda: any("[worker 0]" in x and f"epoch 2/{EPOCHS}" in x for x in lines), proc,
+                  "worker 0 starting epoch 2", timeout=400)
+        pid = int(next(x for x in lines if "worker 1: pid " in x).rsplit("pid ", 1)[1])
+        time.sleep(1.0)  # into the epoch
+        before = _history(run)
+        os.kill(pid, signal.SIGKILL)  # kill -9 from outside, mid-epoch
+        killed_at = time.monotonic()
+        _wait_for(lambda: any("was killed by signal 9" in x for x in lines), proc, "the launcher noticing")
+        print(f"the launcher noticed worker 1's death after {time.monotonic() - killed_at:.1f} s")
+        assert proc.wait(timeout=600) == 0, "".join(lines)[-4000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=10)
+    text = "".join(lines)
+    assert "restarting the cluster on fresh ports (restart 1 of 2)" in text
+    ports = re.findall(r"starting 2 workers on 127.0.0.1 ports (\d+), (\d+)", text)
+    assert len(ports) == 2 and not set(ports[0]) & set(ports[1]), ports  # fresh ports
+    resumed = _resumed_at(text)
+    assert resumed and resumed[0] in (2, 3), text[-3000:]  # only the interrupted epoch is redone
+    after = _history(run)
+    assert after["epoch"] == list(range(EPOCHS))
+    keep = resumed[0] - 1
+    for key in ("loss", "val_auc"):  # the epochs committed before the kill are kept
+        assert after[key][:keep] == before[key][:keep], key
+    digests = _digests(text)
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+    _no_leftovers(run)
+    assert not list(run.rglob("workertemp*"))
+
+
+@pytest.mark.slow
+def test_out_of_restarts_the_launcher_says_how_to_resume(small_dataset: str, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    once = tmp_path / "fired"
+    kill = _env(HIGGS_KILL_AT="train.mid_epoch@1", HIGGS_KILL_WORKER="1", HIGGS_KILL_ONCE=str(once))
+    failed = _higgs(*_mw_cmd(small_dataset, run, "--set", "train.max_restarts=0")[3:], env=kill)
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    assert once.is_file()
+    assert _last_line(failed) == (
+        "higgs train: error: worker 1 of 2 was killed by signal 9 (see its '[worker 1]' lines above); "
+        f"stopped the other workers; 0 restart(s) used (train.max_restarts=0) — resume with the same "
+        f"command: it continues from {run}/checkpoints")
+    assert _history(run)["epoch"] == [0]
+    again = _higgs(*_mw_cmd(small_dataset, run, "--set", "train.max_restarts=0")[3:], env=kill)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _resumed_at(again.stdout + again.stderr)[:1] == [2]
+    assert _history(run)["epoch"] == list(range(EPOCHS))
     _no_leftovers(run)

@@ -129,6 +129,9 @@ class TrainConfig:
     jit_compile: bool = False
     strategy: StrategyName = "auto"
     workers: int = 1
+    # Local cluster (--workers N): a worker that dies restarts the cluster from the backup this
+    # many times before the run fails (pipeline/cloud/launch.py).
+    max_restarts: int = 2
     tpu: str = ""  # TPU name or grpc address for TPUClusterResolver ("" = local / env)
 
 

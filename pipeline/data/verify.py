@@ -361,6 +361,16 @@ def check_frames(uri: str, n_records: int) -> None:
                              f"{n_records:,}; {fix}")
 
 
+def is_read_error(exc: BaseException) -> bool:
+    """True for TensorFlow's errors of reading a shard: CRC, missing file, or a frame whose layout
+    :func:`pipeline.data.records.decode_framed` rejects (the bytes changed after the check)."""
+    import tensorflow as tf
+
+    if isinstance(exc, (tf.errors.DataLossError, tf.errors.NotFoundError)):
+        return True
+    return isinstance(exc, tf.errors.InvalidArgumentError) and "fixed HIGGS layout" in str(exc)
+
+
 _VERIFIED: dict[tuple[str, str], str] = {}  # (data, shard) → version whose CRCs were checked
 
 

@@ -85,7 +85,9 @@ def read_batches(
             features, labels = next(it)
         except StopIteration:
             return
-        except (tf.errors.DataLossError, tf.errors.NotFoundError) as exc:
+        except tf.errors.OpError as exc:
+            if not verify.is_read_error(exc):
+                raise
             # The shards passed the check when the read began: they changed since. Name the shard.
             verify.verify_dataset(data, splits=(split,), use_cache=False)
             raise EvaluateError(f"reading the {split} split of {data} failed ({type(exc).__name__}: "

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.core import faults, rundir
+from pipeline.core import faults, rundir, storage
 from pipeline.core.config import Config, write_config
 from pipeline.core.errors import PipelineError
 from pipeline.core.rundir import TrainResult
@@ -153,6 +153,7 @@ def run_training(cfg: Config, data: str | dataset.Dataset, run_dir: str) -> Trai
     # before the run directory exists. The manifest is read once.
     data = dataset.open_dataset(data)
     verify.verify_dataset(data, splits=TRAIN_SPLITS)
+    storage.check_destination(run_dir, what="--out")
     return _train_here(cfg, data, Path(run_dir))
 
 
@@ -350,14 +351,13 @@ def _train_here(cfg: Config, data: dataset.Dataset, run_dir: Path) -> TrainResul
 
 
 def _raise_input_error(exc: Exception, data: dataset.Dataset) -> None:
-    """Turn TensorFlow's read error of a shard that changed after the check into one line."""
-    import tensorflow as tf
+    """Turn TensorFlow's read error of a shard that changed after the check into one line.
 
-    # The framed fast reader (inputs._framed_dataset) asserts the frame layout of every record;
-    # TFRecordDataset raises DataLossError on a bad CRC. Either way an uncached check names the
-    # shard and the byte offset.
-    layout = isinstance(exc, tf.errors.InvalidArgumentError) and "fixed HIGGS layout" in str(exc)
-    if layout or isinstance(exc, (tf.errors.DataLossError, tf.errors.NotFoundError)):
+    The framed fast reader (``inputs._framed_dataset``) asserts the frame layout of every
+    record; ``TFRecordDataset`` raises DataLossError on a bad CRC. Either way an uncached check
+    names the shard and the byte offset (:func:`pipeline.data.verify.is_read_error`).
+    """
+    if verify.is_read_error(exc):
         verify.verify_dataset(data, splits=TRAIN_SPLITS, use_cache=False)
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise TrainError(f"reading {data} failed during training ({type(exc).__name__}: {first}); "

@@ -9,8 +9,10 @@ staging (:mod:`.stage`), the runner (:mod:`.engine`), the Beam pipeline
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +21,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from pipeline.core import progress, storage
+from pipeline.core import locks, progress, storage
 from pipeline.core.config import DataConfig
 from pipeline.core.storage import Files
 from pipeline.data import dataset
@@ -72,7 +74,7 @@ def _interrupted(exc: BaseException) -> bool:
 
 
 def convert(source: str, out: str, data_cfg: DataConfig, beam_args: Sequence[str] = (),
-            overwrite: bool = False) -> ConvertResult:
+            overwrite: bool = False, wait: float = 0.0) -> ConvertResult:
     """Convert a HIGGS CSV(.gz) source into a sharded TFRecord dataset with a Beam pipeline.
 
     Args:
@@ -84,7 +86,10 @@ def convert(source: str, out: str, data_cfg: DataConfig, beam_args: Sequence[str
             ``--project`` …), passed on; :mod:`.engine` picks the runner (in-process
             ``FnApiRunner`` by default, a local Dask cluster for ``DaskRunner``) and adds
             what it needs. ``--no_auth`` makes gs:// access anonymous.
-        overwrite: rebuild even if DATA already holds a complete dataset.
+        overwrite: rebuild even if DATA already holds a complete dataset (only the files its
+            manifest lists are replaced).
+        wait: seconds to wait while another conversion holds DATA's lock (0 = refuse at once);
+            after the wait, a dataset the other run finished for the same source is reused.
 
     Returns:
         :class:`ConvertResult`; ``skipped`` when DATA was already complete for the same source
@@ -92,7 +97,8 @@ def convert(source: str, out: str, data_cfg: DataConfig, beam_args: Sequence[str
 
     Raises:
         ConvertError: missing/empty/corrupt source, a header line, too many bad rows, a DATA
-            holding another dataset (without ``overwrite``), or a failed pipeline step.
+            holding another dataset (without ``overwrite``) or files the converter did not
+            write, another conversion into DATA, or a failed pipeline step.
     """
     from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
@@ -102,19 +108,44 @@ def convert(source: str, out: str, data_cfg: DataConfig, beam_args: Sequence[str
     files = Files(anonymous=bool(options.view_as(GoogleCloudOptions).no_auth))
     parts = preflight.expand_source(files, source)
     line_bytes = max(preflight.check_part(files, p) for p in parts)
+    storage.check_destination(out, files, what="--out")
+    created = not storage.is_gcs(out) and not os.path.exists(out)
+    try:
+        lock = locks.hold(storage.join(out, stage.LOCK_FILE), "convert", wait=wait,
+                          busy_hint="wait for it (higgs convert --wait SECONDS) or choose another --out")
+    except locks.LockError as exc:
+        raise ConvertError(str(exc)) from None
+    try:
+        return _convert_locked(source, out, data_cfg, beam_args, overwrite, files, parts, line_bytes,
+                               started, lock)
+    finally:
+        lock.release()
+        if created:  # a failed first conversion leaves no directory behind
+            with contextlib.suppress(OSError):
+                os.rmdir(out)
+
+
+def _convert_locked(source: str, out: str, data_cfg: DataConfig, beam_args: list[str], overwrite: bool,
+                    files: Files, parts: list[str], line_bytes: int, started: float,
+                    lock: locks.Lock) -> ConvertResult:
+    """The conversion proper, while this process holds DATA's lock (see :func:`convert`)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
     wanted = stage.output_options(data_cfg)
-    hasher = ThreadPoolExecutor(1, thread_name_prefix="fingerprint")
     if overwrite or not files.exists(dataset.manifest_uri(out)):
+        stage.check_foreign(files, out)
         # Nothing to compare with: hash the source (sha256 of a local file, ~0.3 s per 260 MB,
         # GIL released) while it is converted instead of before.
+        hasher = ThreadPoolExecutor(1, thread_name_prefix="fingerprint")
         fingerprinting = hasher.submit(stage.source_fingerprint, parts, source)
     else:
         fingerprinting = None
         fingerprint = stage.source_fingerprint(parts, source)
         existing = stage.existing_dataset(files, out, fingerprint, wanted, overwrite)
         if existing is not None:
-            hasher.shutdown()
             return ConvertResult(out, existing, True)
+        stage.check_foreign(files, out)  # converting after all: nothing foreign may be in DATA
+        hasher = ThreadPoolExecutor(1, thread_name_prefix="fingerprint")
 
     staging = stage.staging_dir(out)
     block_bytes = int(min(256 << 20, max(64 << 10, data_cfg.block_rows * line_bytes)))
@@ -140,11 +171,14 @@ def convert(source: str, out: str, data_cfg: DataConfig, beam_args: Sequence[str
         metrics = _metrics(p.result)
         progress.close_shared(staging)  # in-process runners: the closing line
         result = json.loads(files.read_bytes(storage.join(staging, stage.RESULT_FILE)))
+        lock.check()  # a writer that lost its lock must not publish over the new holder's work
         manifest = stage.publish(files, out, staging, result, fingerprint, data_cfg, beam_args,
                                  block_bytes, wanted, time.monotonic() - started)
     except BaseException as exc:  # an interrupt (Ctrl-C) too: nothing partial stays behind
         progress.close_shared(staging, ok=False)
         stage.discard(files, staging)
+        if isinstance(exc, locks.LockError):
+            raise ConvertError(str(exc)) from None
         if isinstance(exc, Exception) and _interrupted(exc):
             raise KeyboardInterrupt from None  # Beam re-raises a Ctrl-C in a DoFn as RuntimeError
         line = error_line(exc) if isinstance(exc, Exception) else None  # marked in a DoFn
