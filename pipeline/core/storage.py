@@ -5,6 +5,14 @@
 ``gs://`` goes through google-cloud-storage, which uses Application Default Credentials in
 the cloud and honours ``STORAGE_EMULATOR_HOST`` (then no credentials are needed). Nothing
 is contacted at import time; the client is created on first use.
+
+Local files are written under a temporary name (``.NAME.tmp-PID``) and renamed, so a reader
+or a kill never leaves half a file under the real name; the next write of the same file
+removes temporaries whose process is gone (a ``kill -9`` mid-copy leaves nothing behind for
+long). Two writes that must not race have their own primitives: ``create_only=True`` (the
+file must not exist yet: ``os.link`` locally, ``ifGenerationMatch=0`` on gs://) and
+:func:`update` (read, decide, write back only if unchanged: an ``fcntl.flock`` lock file
+locally, ``ifGenerationMatch=<generation read>`` on gs://).
 """
 
 from __future__ import annotations
@@ -13,15 +21,24 @@ import base64
 import dataclasses
 import functools
 import hashlib
+import logging
 import os
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.core.errors import PipelineError
 
+log = logging.getLogger(__name__)
+
 
 class StorageError(PipelineError):
     """A storage operation failed; the message is one line naming the location."""
+
+
+class ExistsError(StorageError):
+    """A create-only write found the file (or gs:// object) already there; nothing was written."""
 
 
 def is_gcs(uri: str) -> bool:
@@ -107,22 +124,170 @@ def read_text(uri: str) -> str:
     return read_bytes(uri).decode("utf-8")
 
 
-def write_bytes(uri: str, data: bytes) -> None:
-    """Write ``data`` to a file (atomically, via a temporary name) or a gs:// object."""
+def write_bytes(uri: str, data: bytes, create_only: bool = False) -> None:
+    """Write ``data`` to a file (atomically, via a temporary name) or a gs:// object.
+
+    Args:
+        uri: local path or ``gs://bucket/object``.
+        data: the bytes.
+        create_only: fail with :class:`ExistsError` instead of replacing an existing file.
+    """
     if is_gcs(uri):
+        from google.api_core import exceptions
+
         bucket, name = split_gcs(uri)
-        gcs_client().bucket(bucket).blob(name).upload_from_string(data)
+        try:
+            gcs_client().bucket(bucket).blob(name).upload_from_string(
+                data, **({"if_generation_match": 0} if create_only else {}))
+        except exceptions.PreconditionFailed:
+            raise ExistsError(f"{uri} already exists") from None
         return
     path = Path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path)
     tmp.write_bytes(data)
-    os.replace(tmp, path)
+    _commit(tmp, path, create_only)
 
 
-def write_text(uri: str, text: str) -> None:
+def temp_path(path: Path) -> Path:
+    """The temporary name this process writes ``path`` under before renaming it into place."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def is_temp_name(name: str) -> bool:
+    """True for a name :func:`temp_path` makes (``.NAME.tmp-PID``), e.g. left by a killed writer."""
+    base = name.rsplit("/", 1)[-1]
+    head, sep, pid = base.rpartition(".tmp-")
+    return base.startswith(".") and bool(sep) and bool(head) and pid.isdigit()
+
+
+def _commit(tmp: Path, path: Path, create_only: bool) -> None:
+    """Move a finished temporary file to its name; then sweep temporaries of dead processes."""
+    if create_only:
+        try:
+            os.link(tmp, path)  # fails if path exists: creation is atomic and exclusive
+        except FileExistsError:
+            raise ExistsError(f"{path} already exists") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+    else:
+        os.replace(tmp, path)
+    remove_stale_temps(path)
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Delete ``.NAME.tmp-PID`` files next to ``path`` whose process no longer runs.
+
+    A writer killed mid-copy (``kill -9``, a lost machine) leaves its temporary file; the next
+    writer of the same name removes it. Temporaries of live processes are left alone.
+
+    Returns:
+        The files removed.
+    """
+    removed = []
+    prefix = f".{path.name}.tmp-"
+    try:
+        siblings = list(path.parent.iterdir())
+    except FileNotFoundError:
+        return removed
+    for sibling in siblings:
+        if not sibling.name.startswith(prefix):
+            continue
+        pid = sibling.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            sibling.unlink(missing_ok=True)
+            removed.append(sibling)
+    if removed:
+        log.info("removed %d temporary file(s) left by a killed writer of %s", len(removed), path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def update(uri: str, change: Callable[[bytes | None], bytes | None], attempts: int = 20) -> bytes | None:
+    """Compare-and-swap: read ``uri``, let ``change`` decide, write only if nobody wrote meanwhile.
+
+    Locally the read, the decision and the write happen under an exclusive ``fcntl.flock`` on
+    ``.NAME.lock`` beside the file (released by the kernel if the process dies), and the write
+    is a temporary file renamed over the old one. On gs:// the object's generation is read
+    with its bytes and the write is conditional on it (``ifGenerationMatch``, 0 when absent);
+    when another writer won the race, the new bytes are read and ``change`` decides again.
+
+    Args:
+        uri: the file or gs:// object.
+        change: called with the current bytes (None when absent); returns the bytes to write,
+            or None to leave the file as it is. It may raise to refuse; it may be called again
+            after a lost race, so it must not have side effects of its own.
+        attempts: lost races (and transient errors) tolerated on gs:// before giving up. After
+            a transient error the write may have landed: it counts as ours when the object
+            then holds exactly the bytes ``change`` returned, so those should be unique to
+            the decision (``latest.json`` carries the time of its move).
+
+    Returns:
+        The bytes written, or None when ``change`` left the file unchanged.
+
+    Raises:
+        StorageError: the object kept changing for ``attempts`` rounds.
+    """
+    if not is_gcs(uri):
+        import fcntl
+
+        path = Path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            new = change(path.read_bytes() if path.is_file() else None)
+            if new is not None:
+                write_bytes(uri, new)
+            return new  # closing the file releases the lock
+
+    from google.api_core import exceptions
+    from google.cloud.storage.retry import _should_retry
+
+    bucket_name, name = split_gcs(uri)
+    bucket = gcs_client().bucket(bucket_name)
+    unconfirmed: bytes | None = None  # written, but the answer was lost to a transient error
+    for attempt in range(attempts):
+        blob = bucket.get_blob(name)
+        current, generation = None, 0
+        if blob is not None:
+            generation = blob.generation
+            try:
+                current = blob.download_as_bytes(if_generation_match=generation)
+            except (exceptions.PreconditionFailed, exceptions.NotFound):
+                continue  # replaced or deleted between metadata and bytes: read again
+        if unconfirmed is not None and current == unconfirmed:
+            return unconfirmed  # that write did land
+        unconfirmed = None
+        new = change(current)
+        if new is None:
+            return None
+        try:
+            # No retry inside: after a lost answer a retry would meet our own write as a 412.
+            bucket.blob(name).upload_from_string(new, if_generation_match=generation, retry=None)
+            return new
+        except exceptions.PreconditionFailed:
+            log.info("%s changed while deciding (generation %s); reading it again", uri, generation)
+        except Exception as exc:
+            if not _should_retry(exc):
+                raise
+            unconfirmed = new
+            log.info("%s: transient error writing it (%s); reading it again", uri, type(exc).__name__)
+            time.sleep(min(0.5 * 2 ** attempt, 10.0))
+    raise StorageError(f"{uri} kept changing under {attempts} concurrent writes; try again")
+
+
+def write_text(uri: str, text: str, create_only: bool = False) -> None:
     """Write UTF-8 text with :func:`write_bytes`."""
-    write_bytes(uri, text.encode("utf-8"))
+    write_bytes(uri, text.encode("utf-8"), create_only=create_only)
 
 
 # --- listing, checksums and verified uploads (used by pipeline.publish.store) --------------------
@@ -136,12 +301,21 @@ class ChecksumMismatchError(StorageError):
 
 @dataclasses.dataclass(frozen=True)
 class Checksums:
-    """Size and digests of one file: hex sha256, and md5 / crc32c in GCS's base64 form."""
+    """Size and digests of one file: hex sha256, and md5 / crc32c in GCS's base64 form.
+
+    ``sha256`` is empty where the store does not know it (gs:// object metadata).
+    """
 
     size: int
     sha256: str
     md5: str
     crc32c: str
+
+    def same_bytes(self, other: Checksums) -> bool:
+        """True when both describe the same content (sha256 compared where both have it)."""
+        if self.sha256 and other.sha256 and self.sha256 != other.sha256:
+            return False
+        return (self.size, self.md5, self.crc32c) == (other.size, other.md5, other.crc32c)
 
 
 def file_checksums(path: str | Path) -> Checksums:
@@ -165,6 +339,19 @@ def file_checksums(path: str | Path) -> Checksums:
             size += len(chunk)
     return Checksums(size, sha.hexdigest(), base64.b64encode(md5.digest()).decode(),
                      base64.b64encode(crc.digest()).decode())
+
+
+def stored_checksums(uri: str) -> Checksums | None:
+    """The checksums of what is stored at ``uri`` now, or None when nothing is there.
+
+    Local files are read; gs:// objects report size, md5 and crc32c from their metadata
+    (``sha256`` is then empty).
+    """
+    if is_gcs(uri):
+        bucket, name = split_gcs(uri)
+        blob = gcs_client().bucket(bucket).get_blob(name)
+        return None if blob is None else Checksums(blob.size, "", blob.md5_hash, blob.crc32c)
+    return file_checksums(uri) if Path(uri).is_file() else None
 
 
 def list_files(uri: str) -> list[str]:
@@ -202,47 +389,66 @@ def transient_retry(timeout: float = 120.0, initial: float = 1.0):
                  initial=initial, maximum=30.0, multiplier=2.0, timeout=timeout)
 
 
-def upload_file(local: str | Path, uri: str, retry_timeout: float = 120.0) -> Checksums:
-    """Copy a local file to a local path or gs:// object and verify the copy.
+def upload_file(local: str | Path, uri: str, retry_timeout: float = 120.0, create_only: bool = False,
+                expect: Checksums | None = None) -> Checksums:
+    """Copy a local file to a local path or gs:// object, verified before it takes the name.
 
-    Local destinations are written via a temporary name and renamed, then re-read and
-    compared (size + sha256). gs:// uploads ask the server to check a crc32c and then
-    compare the ``md5Hash`` and ``crc32c`` the store reports with the local file's.
-    Transient failures are retried with exponential backoff (:func:`transient_retry`).
+    Local destinations are copied to a temporary name, re-read and compared (size + sha256),
+    and only then renamed (or, ``create_only``, linked) into place. gs:// uploads send the
+    expected md5 and crc32c with the object, so the store itself refuses bytes that differ,
+    and the ``md5Hash`` / ``crc32c`` it reports afterwards are compared again. Transient
+    failures are retried with exponential backoff (:func:`transient_retry`).
 
     Args:
         local: the source file.
         uri: the destination (file path or ``gs://bucket/object``).
         retry_timeout: total seconds to keep retrying transient errors.
+        create_only: never replace: raise :class:`ExistsError` when ``uri`` already exists.
+        expect: checksums the content must have (e.g. recorded earlier in a manifest); by
+            default those of ``local`` as it is read now.
 
     Returns:
         The verified :class:`Checksums` of the file.
 
     Raises:
         FileNotFoundError: the source file is missing.
-        ChecksumMismatchError: the copy still differs after retries.
+        ExistsError: ``create_only`` and something is already at ``uri``.
+        ChecksumMismatchError: the copy still differs after retries, or the source no
+            longer has the ``expect``-ed content.
         google.api_core.exceptions.GoogleAPICallError: a non-transient store error
             (e.g. 403, 404 bucket).
     """
     expected = file_checksums(local)
+    if expect is not None and not expected.same_bytes(expect):
+        raise ChecksumMismatchError(f"{local} changed: it no longer has the checksums recorded for {uri}")
 
     def attempt() -> Checksums:
         if is_gcs(uri):
+            from google.api_core import exceptions
+
             bucket, name = split_gcs(uri)
             blob = gcs_client().bucket(bucket).blob(name)
+            blob.md5_hash, blob.crc32c = expected.md5, expected.crc32c  # the store checks them
             # retry=None here: the outer Retry covers upload and verification together.
-            blob.upload_from_filename(str(local), checksum="crc32c", retry=None)
+            try:
+                blob.upload_from_filename(str(local), checksum="crc32c", retry=None,
+                                          **({"if_generation_match": 0} if create_only else {}))
+            except exceptions.PreconditionFailed:
+                raise ExistsError(f"{uri} already exists") from None
             blob.reload(retry=None)
             got = (blob.size, blob.md5_hash, blob.crc32c)
             want = (expected.size, expected.md5, expected.crc32c)
         else:
             dest = Path(uri)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+            tmp = temp_path(dest)
             shutil.copyfile(local, tmp)
-            os.replace(tmp, dest)
-            copy = file_checksums(dest)
+            copy = file_checksums(tmp)
             got, want = (copy.size, copy.sha256), (expected.size, expected.sha256)
+            if got == want:
+                _commit(tmp, dest, create_only)
+            else:
+                tmp.unlink(missing_ok=True)
         if got != want:
             raise ChecksumMismatchError(f"{uri}: store reports {got}, local file {local} has {want}")
         return expected
