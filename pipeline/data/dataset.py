@@ -10,6 +10,7 @@ manifest are relative to the dataset directory, so a dataset can be copied or mo
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -57,6 +58,22 @@ def load_manifest(data: str) -> dict[str, Any]:
     if tuple(manifest["features"]) != schema.FEATURES:
         raise DatasetError(f"{uri} lists other features than this version's schema; rebuild it")
     return manifest
+
+
+def fingerprint(data: str) -> str:
+    """The dataset's identity: sha256 (hex) of its ``manifest.json`` bytes.
+
+    The manifest lists every shard with its record count and the source's checksum, so two
+    datasets with the same fingerprint hold the same records. Runs record it at train time
+    and reports at evaluate time (``provenance.json``, ``metrics.json``).
+
+    Raises:
+        DatasetError: ``data`` has no manifest.
+    """
+    try:
+        return hashlib.sha256(storage.read_bytes(manifest_uri(data))).hexdigest()
+    except FileNotFoundError:
+        raise DatasetError(f"{data} is not a dataset (no {schema.MANIFEST_NAME})") from None
 
 
 def shard_paths(data: str, split: str, manifest: dict[str, Any] | None = None) -> list[str]:

@@ -14,8 +14,11 @@ predictions on the same rows. Then, in ``RUN/report/``:
   ``blessed`` and more),
 * ``blessing.json`` — the decision against ``evaluate.auc_floor`` and the currently
   published model (``OUT/latest.json``) with its reasons; written last (``higgs publish``
-  needs it), and removed first, so a failed re-evaluation leaves no stale decision,
-* ``report.md``, ``roc.png``, ``scores.png``, ``history.png``;
+  needs it), and removed first, so a failed re-evaluation leaves no stale decision. It and
+  ``metrics.json`` record what was evaluated — ``model_sha256`` (of ``model.keras``) and
+  ``dataset_fingerprint`` (sha256 of the dataset's ``manifest.json``) — so ``higgs publish``
+  refuses a report that belongs to another model file or dataset,
+* ``report.md`` (with the run's provenance), ``roc.png``, ``scores.png``, ``history.png``;
 
 and ``RUN/model/saved_model/`` is exported if missing, with a reload check on test rows.
 """
@@ -33,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core import rundir
+from pipeline.core import rundir, storage
 from pipeline.core.config import Config, EvaluateConfig, to_yaml
 from pipeline.core.errors import PipelineError
 from pipeline.data import dataset
@@ -205,6 +208,9 @@ def evaluate(cfg: Config, data: str, run_dir: str, published_metrics: dict[str, 
                             f"'higgs train --data {data} --out {run_dir}'")
     manifest = dataset.load_manifest(data)
     test_rows = dataset.split_rows(manifest, "test")
+    # What this report is about: publish compares these with the files it publishes.
+    evaluated = {"model_sha256": storage.file_checksums(model_path).sha256,
+                 "dataset_fingerprint": dataset.fingerprint(data)}
     out_dir = Path(rundir.report_dir(run))
     out_dir.mkdir(parents=True, exist_ok=True)
     # blessing.json is written last and publish requires it: remove an old one first, so a
@@ -260,11 +266,12 @@ def evaluate(cfg: Config, data: str, run_dir: str, published_metrics: dict[str, 
         result["baseline"] = None
 
     result["export"] = export.export_run(run, features=check_rows, model=model)
-    blessing = bless(result["auc"], published_metrics, ecfg, published_at=published_at)
+    blessing = {**bless(result["auc"], published_metrics, ecfg, published_at=published_at), **evaluated}
     result["blessed"] = blessing["blessed"]
     result["published_auc"] = blessing["published_auc"]
     result["run_id"] = run.resolve().name
     result["data"] = data
+    result.update(evaluated)
 
     result = _json_ready(result)
     Path(rundir.metrics_path(run)).write_text(json.dumps(result, indent=1) + "\n")
@@ -280,7 +287,7 @@ def evaluate(cfg: Config, data: str, run_dir: str, published_metrics: dict[str, 
     config_yaml = config_path.read_text() if config_path.is_file() else to_yaml(cfg)
     report.write_markdown(Path(rundir.report_path(run)), run_dir=str(run), data=data, manifest=manifest,
                           config_yaml=config_yaml, history=history, metrics_dict=result,
-                          blessing=blessing)
+                          blessing=blessing, provenance=rundir.read_provenance(run))
     Path(rundir.blessing_path(run)).write_text(json.dumps(blessing, indent=1) + "\n")
     log.info("wrote %s (AUC %.4f, blessed %s)", out_dir, result["auc"], result["blessed"])
     return result

@@ -8,6 +8,7 @@
 directories they delete, TensorFlow's multi-worker saving rule)::
 
     RUN/config.yaml            the resolved config
+    RUN/provenance.json        code and package versions, dataset fingerprint, config hash, host
     RUN/model/model.keras      the model with the best validation AUC (EarlyStopping restores it)
     RUN/logs/                  TensorBoard
     RUN/checkpoints/backup/    BackupAndRestore: a killed run resumes at the next epoch
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.core import rundir
+from pipeline.core import provenance, rundir
 from pipeline.core.config import Config, write_config
 from pipeline.core.errors import PipelineError
 from pipeline.core.rundir import TrainResult
@@ -263,6 +264,9 @@ def _train_here(cfg: Config, data: str, run_dir: Path) -> TrainResult:
         out.mkdir(parents=True, exist_ok=True)
         if chief:
             write_config(cfg, rundir.config_path(out))
+            rundir.write_provenance(out, provenance.gather(
+                cfg, data=data, dataset_fingerprint=dataset.fingerprint(data),
+                strategy=type(strategy).__name__, replicas=replicas))
         model = compiled_model(cfg, strategy, steps)
         train_ds = inputs.distributed_dataset(strategy, data, "training", cfg, True, manifest=manifest)
         # Repeated + full batches: every replica sees the same number of validation steps,
