@@ -15,9 +15,11 @@ Default locations (all overridable):
 - sources and converted datasets under ``cfg.data.data_root`` (``data/``), the dataset
   directory named after the source (``data/higgs-synth-r220000-s1``, ``data/HIGGS``);
 - the run under ``cfg.runtime.runs_root`` (``runs/<run_id>``, run id
-  ``20261121-083000-sample``);
-- published to ``cfg.runtime.publish_to`` (``runs``; ``runs/latest.json`` moves only to a
-  blessed model).
+  ``20261121-083000-sample``): the working directory training and evaluation write;
+- published to ``cfg.runtime.publish_to`` (``published/<run_id>``, immutable once published;
+  ``published/latest.json`` moves only to a blessed model, ``published/history/`` records
+  each move). The two roots are kept apart: publish refuses a run inside its store, and
+  training or evaluation refuse a published model or a directory inside a store.
 """
 
 from __future__ import annotations
@@ -205,27 +207,40 @@ def step_train(cfg: Config, data: str, run_dir: str) -> Any:
 def step_evaluate(cfg: Config, data: str, run_dir: str, publish_to: str) -> dict[str, Any]:
     """Evaluate on the test split, write ``RUN/report/`` and decide the blessing.
 
-    The blessing compares against the model currently published at ``publish_to``.
+    The blessing compares against the model currently published at ``publish_to`` (publish
+    applies the rule again against what is published then). A published model is never
+    re-evaluated in place: its report is part of what was published.
 
     Returns:
         The metrics dict (``auc``, ``auc_ci95``, ``blessed``, …) also in ``RUN/report/metrics.json``.
+
+    Raises:
+        pipeline.publish.store.PublishedLocationError: ``run_dir`` is a published model or
+            inside a published store.
     """
     from pipeline.evaluation import evaluate
     from pipeline.publish import store
 
+    store.refuse_published(run_dir, "evaluate")
     return evaluate.evaluate(cfg, data, run_dir, published_metrics=store.published_metrics(publish_to),
                              published_at=publish_to)
 
 
-def step_publish(run_dir: str, publish_to: str) -> Any:
-    """Publish model and report; ``latest.json`` moves only to a blessed run.
+def step_publish(run_dir: str, publish_to: str, via: str | None = None) -> Any:
+    """Publish model and report (immutable); ``latest.json`` moves only to a blessed run.
+
+    Args:
+        run_dir: the evaluated run.
+        publish_to: the published store.
+        via: what is publishing, for the store's history (default: this command line).
 
     Returns:
-        ``pipeline.publish.store.PublishResult`` (``uri``, ``run_id``, ``files``, ``latest_moved``).
+        ``pipeline.publish.store.PublishResult`` (``uri``, ``run_id``, ``files``, ``latest_moved``,
+        ``latest_reason``).
     """
     from pipeline.publish import store as publish
 
-    return publish.publish(run_dir, publish_to)
+    return publish.publish(run_dir, publish_to, via=via)
 
 
 # --- presentation shared by `higgs run` and the flow's artifacts ---------------------------
@@ -315,8 +330,8 @@ class ChainResult:
             f"  model:  {where['model']}",
         ]
         if self.published is not None:
-            latest = "moved to this run" if self.published.latest_moved else "unchanged (not blessed)"
-            lines.append(f"  latest: {storage.join(self.paths.publish_to, 'latest.json')} {latest}")
+            lines.append(f"  latest: {storage.join(self.paths.publish_to, 'latest.json')}: "
+                         f"{self.published.latest_reason}")
         if self.conversion is not None and self.conversion.skipped:
             lines.append(f"  data:   {self.paths.data} (reused: same source and options)")
         else:
