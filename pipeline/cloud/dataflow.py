@@ -210,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from pipeline.core.config import load_config
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline.cloud.dataflow", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.cloud.dataflow",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="full")
     parser.add_argument("--config", default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[])

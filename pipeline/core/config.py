@@ -145,8 +145,9 @@ class RuntimeConfig:
     publish_to: str = "published"  # the published store: immutable models, latest.json, history
     backend: str = "local"  # local | vertex
     log_level: str = "INFO"
-    # Google Cloud (pipeline/cloud/vertex.py, pipeline/cloud/dataflow.py, README.md §Run on Google Cloud). Defaults are
-    # empty on purpose: project ids, buckets and images come from the user's own config file.
+    # Google Cloud (pipeline/cloud/vertex.py, pipeline/cloud/dataflow.py, README.md §Run on Google
+    # Cloud). Defaults are empty on purpose: project ids, buckets and images come from the user's
+    # own config file.
     gcp_project: str = ""
     gcp_region: str = ""
     temp_location: str = ""  # gs://BUCKET/tmp (Dataflow temp files)

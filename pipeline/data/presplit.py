@@ -291,7 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m pipeline.data.presplit SOURCE OUT --parts N``; prints the glob to convert."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline.data.presplit", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.data.presplit",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("source")
     parser.add_argument("out")
     parser.add_argument("--parts", type=int, required=True)

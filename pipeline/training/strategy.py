@@ -1,7 +1,7 @@
 """Turn ``train.strategy`` into a ``tf.distribute`` strategy (one factory, chosen by config).
 
-    python -c "from pipeline.core.config import load_config; from pipeline.training.strategy import make_strategy; \
-print(make_strategy(load_config('sample').train))"
+    python -c "from pipeline.core.config import load_config; from pipeline.training import strategy; \
+print(strategy.make_strategy(load_config('sample').train))"
 
 Names: ``tpu`` (TPUClusterResolver → connect → initialize → TPUStrategy), ``multi_worker``
 (MultiWorkerMirroredStrategy from ``TF_CONFIG``), ``mirrored`` (all local GPUs), ``one_device``
