@@ -150,9 +150,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     print(store.format_models(store.list_models(args.to), args.to))
     if args.history:
+        def auc(x: float | None) -> str:
+            return "—" if x is None else f"{x:.4f}"
+
         for move in store.read_history(args.to):
             print(f"{move['at']}  {move['action']:8}  {move['from'] or '—'} → {move['to']}  "
-                  f"AUC {move.get('from_auc') or '—'} → {move.get('to_auc')}  "
+                  f"AUC {auc(move.get('from_auc'))} → {auc(move.get('to_auc'))}  "
                   f"by {move['by']} via {move['via']}")
     return 0
 
