@@ -158,7 +158,7 @@ def is_temp_name(name: str) -> bool:
     """True for a name :func:`temp_path` makes (``.NAME.tmp-PID``), e.g. left by a killed writer."""
     base = name.rsplit("/", 1)[-1]
     head, sep, pid = base.rpartition(".tmp-")
-    return base.startswith(".") and bool(sep) and bool(head) and pid.isdigit()
+    return base.startswith(".") and bool(sep) and bool(head) and pid.split("-", 1)[0].isdigit()
 
 
 def _commit(tmp: Path, path: Path, create_only: bool) -> None:
