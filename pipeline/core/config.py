@@ -22,7 +22,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -189,6 +189,23 @@ class TuneConfig:
 
 
 @dataclass(frozen=True)
+class ValidateConfig:
+    """Data validation against the published model's dataset (``higgs validate``, pipeline/data/validate.py).
+
+    Every threshold is the largest value that still counts as "the same data"; they were
+    chosen from clean pairs of generated samples with margin (docs/validate.md). Distances are
+    measured on the training split, overall and per class (signal / background).
+    """
+
+    on_anomaly: Literal["fail", "warn"] = "fail"  # fail: stop before training; warn: train, don't bless
+    max_psi: float = 0.05  # population stability index of a feature's histogram
+    max_mean_shift: float = 0.1  # |mean - baseline mean| in baseline standard deviations
+    max_signal_fraction_shift: float = 0.03  # absolute change of the training signal fraction
+    max_rows_factor: float = 2.0  # training rows may shrink or grow by at most this factor
+    max_bad_row_rate_increase: float = 0.001  # bad rows / source rows, increase over the baseline
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole resolved configuration of one pipeline run."""
 
@@ -199,6 +216,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
 
 
 SECTIONS: dict[str, type] = {
@@ -208,6 +226,7 @@ SECTIONS: dict[str, type] = {
     "evaluate": EvaluateConfig,
     "runtime": RuntimeConfig,
     "tune": TuneConfig,
+    "validate": ValidateConfig,
 }
 
 # Presets are overrides on the dataclass defaults (which are the reference `full` run).
@@ -399,6 +418,11 @@ def _replace_section(section: str, current: Any, values: dict[str, Any]) -> Any:
 def _check(name: str, value: Any, hint: Any) -> Any:
     """Return ``value`` converted to ``hint`` where lossless, else raise ConfigError."""
     origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value in choices:
+            return value
+        raise ConfigError(f"{name} must be one of: {', '.join(map(str, choices))}; got {value!r}")
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:
