@@ -1,4 +1,4 @@
-"""The whole chain in one process: source → convert → train → evaluate → publish.
+"""The whole chain in one process: source → convert → validate → train → evaluate → publish.
 
     higgs run --preset sample
     python -c "from pipeline.core.config import load_config; from pipeline.chain import run_chain; \
@@ -36,7 +36,7 @@ from pipeline.core.config import Config
 
 log = logging.getLogger(__name__)
 
-STEPS = ("source", "convert", "train", "evaluate", "publish")
+STEPS = ("source", "convert", "validate", "train", "evaluate", "publish")
 _SOURCE_SUFFIXES = (".csv.gz", ".csv", ".gz")
 
 
@@ -190,6 +190,55 @@ def step_convert(cfg: Config, source_path: str, data: str, beam_args: Sequence[s
     return result
 
 
+def step_validate(cfg: Config, data: str, publish_to: str, baseline: str | None = None,
+                  require_baseline: bool = False) -> Any:
+    """Compare ``data`` with the published model's dataset (or ``baseline``); write ``DATA/validation.json``.
+
+    Anomalies are returned, not raised: :func:`enforce_validation` decides what they mean.
+
+    Args:
+        cfg: the resolved config (``validate`` thresholds).
+        data: the dataset just converted.
+        publish_to: where published models live; the baseline is the dataset the model
+            ``latest.json`` points at was trained on.
+        baseline: an explicit baseline dataset instead.
+        require_baseline: fail when nothing is published (``higgs validate``); otherwise the
+            validation is recorded as skipped (the first run has nothing to compare with).
+
+    Returns:
+        ``pipeline.data.validate.ValidationReport``.
+
+    Raises:
+        ValidationError: nothing to compare with although required, or an unreadable baseline.
+    """
+    from pipeline.data import validate
+    from pipeline.publish import store
+
+    run_id = None
+    if baseline is None:
+        found = store.published_dataset(publish_to)
+        if found is None:
+            if require_baseline:
+                raise validate.ValidationError(
+                    f"no model is published at {publish_to} (no {store.LATEST_NAME}) to compare "
+                    f"{data} with; pass --baseline DATA or --against OUT")
+            return validate.skip(data, f"no model is published at {publish_to} yet: nothing to compare "
+                                       "with", cfg.validate)
+        baseline, run_id = found
+    return validate.validate(data, baseline, cfg.validate, baseline_run=run_id)
+
+
+def enforce_validation(cfg: Config, report: Any) -> None:
+    """Stop before training on anomalies (``validate.on_anomaly=fail``), or let them through (``warn``).
+
+    Raises:
+        DataAnomalyError: one line naming the worst anomaly.
+    """
+    from pipeline.data import validate
+
+    validate.enforce(report, cfg.validate.on_anomaly)
+
+
 def step_train(cfg: Config, data: str, run_dir: str) -> Any:
     """Train into ``run_dir``; a repeated call with the same ``run_dir`` resumes from its checkpoint.
 
@@ -202,10 +251,19 @@ def step_train(cfg: Config, data: str, run_dir: str) -> Any:
     return backends.train(cfg, data, run_dir)
 
 
-def step_evaluate(cfg: Config, data: str, run_dir: str, publish_to: str) -> dict[str, Any]:
+def step_evaluate(cfg: Config, data: str, run_dir: str, publish_to: str,
+                  validation: Any = None) -> dict[str, Any]:
     """Evaluate on the test split, write ``RUN/report/`` and decide the blessing.
 
-    The blessing compares against the model currently published at ``publish_to``.
+    The blessing compares against the model currently published at ``publish_to``, and
+    refuses a model trained on data with validation anomalies (``validate.on_anomaly=warn``).
+
+    Args:
+        cfg: the resolved config.
+        data: the dataset.
+        run_dir: the trained run.
+        publish_to: where published models live.
+        validation: the ``ValidationReport`` of ``data`` (None: not validated).
 
     Returns:
         The metrics dict (``auc``, ``auc_ci95``, ``blessed``, …) also in ``RUN/report/metrics.json``.
@@ -214,7 +272,7 @@ def step_evaluate(cfg: Config, data: str, run_dir: str, publish_to: str) -> dict
     from pipeline.publish import store
 
     return evaluate.evaluate(cfg, data, run_dir, published_metrics=store.published_metrics(publish_to),
-                             published_at=publish_to)
+                             published_at=publish_to, validation=validation)
 
 
 def step_publish(run_dir: str, publish_to: str) -> Any:
@@ -293,6 +351,7 @@ class ChainResult:
     paths: Paths
     source: Any = None
     conversion: Any = None
+    validation: Any = None
     training: Any = None
     metrics: dict[str, Any] = field(default_factory=dict)
     published: Any = None
@@ -317,6 +376,8 @@ class ChainResult:
         if self.published is not None:
             latest = "moved to this run" if self.published.latest_moved else "unchanged (not blessed)"
             lines.append(f"  latest: {storage.join(self.paths.publish_to, 'latest.json')} {latest}")
+        if self.validation is not None:
+            lines.append(f"  checks: {self.validation.headline()}")
         if self.conversion is not None and self.conversion.skipped:
             lines.append(f"  data:   {self.paths.data} (reused: same source and options)")
         else:
@@ -333,9 +394,12 @@ def run_chain(
     publish_to: str | None = None,
     beam_args: Sequence[str] = (),
 ) -> ChainResult:
-    """Run source → convert → train → evaluate → publish in this process.
+    """Run source → convert → validate → train → evaluate → publish in this process.
 
-    Publishing is the last step, so a failure anywhere before it publishes nothing.
+    Publishing is the last step, so a failure anywhere before it publishes nothing. With a
+    model published at ``publish_to``, the new dataset is validated against that model's
+    dataset; anomalies stop the chain before training (``validate.on_anomaly=fail``) or
+    train a model that is not blessed (``warn``).
 
     Args:
         cfg: the resolved config.
@@ -348,7 +412,8 @@ def run_chain(
         The :class:`ChainResult`; ``.summary()`` is what ``higgs run`` prints.
 
     Raises:
-        PipelineError: from whichever step failed, one line naming the thing and the fix.
+        PipelineError: from whichever step failed, one line naming the thing and the fix
+            (``DataAnomalyError`` for anomalies with ``validate.on_anomaly=fail``).
     """
     paths = default_paths(cfg, data=data, run_dir=run_dir, publish_to=publish_to)
     result = ChainResult(paths=paths)
@@ -364,7 +429,10 @@ def run_chain(
 
     result.source = timed("source", step_source, cfg)
     result.conversion = timed("convert", step_convert, cfg, result.source.path, paths.data, beam_args)
+    result.validation = timed("validate", step_validate, cfg, paths.data, paths.publish_to)
+    enforce_validation(cfg, result.validation)
     result.training = timed("train", step_train, cfg, paths.data, paths.run_dir)
-    result.metrics = timed("evaluate", step_evaluate, cfg, paths.data, paths.run_dir, paths.publish_to)
+    result.metrics = timed("evaluate", step_evaluate, cfg, paths.data, paths.run_dir, paths.publish_to,
+                           result.validation)
     result.published = timed("publish", step_publish, paths.run_dir, paths.publish_to)
     return result
