@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
@@ -45,11 +45,17 @@ from pydantic import Field
 
 from pipeline import chain
 from pipeline.core import storage
-from pipeline.core.config import Config, load_config, merge
+from pipeline.core.config import Config, StrategyName, load_config, merge, validate
 from pipeline.core.errors import PipelineError
 
+if TYPE_CHECKING:
+    from pipeline.core.rundir import TrainResult
+    from pipeline.data.convert import ConvertResult
+    from pipeline.data.dataset import Dataset
+    from pipeline.data.source import SourceInfo
+    from pipeline.publish.store import PublishResult
+
 Preset = Literal["sample", "full"]
-Strategy = Literal["auto", "tpu", "multi_worker", "mirrored", "one_device"]
 Runner = Literal["DirectRunner", "PrismRunner", "DataflowRunner", "FlinkRunner", "SparkRunner"]
 
 # Python loggers whose records are copied into the flow run's logs, with their minimum level
@@ -145,11 +151,11 @@ IO_RETRIES = {
 
 
 @task(name="ensure_source", cache_policy=NO_CACHE, **IO_RETRIES)
-def ensure_source(cfg: Config) -> Any:
+def ensure_source(cfg: Config) -> SourceInfo:
     """Locate, download (resume + checksum) or generate the source CSV.gz.
 
     Returns:
-        ``SourceInfo`` with ``path``, ``uri``, ``bytes``, ``sha256``.
+        The source's ``path``, ``uri``, ``bytes`` and ``sha256``.
     """
     with _remote_failures_retryable(cfg.data.source):
         info = chain.step_source(cfg)
@@ -159,11 +165,11 @@ def ensure_source(cfg: Config) -> Any:
 
 
 @task(name="convert", cache_policy=NO_CACHE)
-def convert(cfg: Config, source_path: str, data: str, beam_args: list[str]) -> Any:
+def convert(cfg: Config, source_path: str, data: str, beam_args: list[str]) -> ConvertResult:
     """CSV.gz → sharded TFRecords with Apache Beam, reusing an identical earlier conversion.
 
     Returns:
-        ``ConvertResult`` with ``out``, ``manifest``, ``skipped``.
+        The result with ``out``, ``manifest``, ``skipped``.
     """
     result = chain.step_convert(cfg, source_path, data, beam_args)
     rows = result.manifest["rows"]
@@ -175,11 +181,11 @@ def convert(cfg: Config, source_path: str, data: str, beam_args: list[str]) -> A
 
 @task(name="train", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
       retry_condition_fn=_retry_training)
-def train(cfg: Config, data: str, run_dir: str) -> Any:
+def train(cfg: Config, data: Dataset, run_dir: str) -> TrainResult:
     """Train the wide-and-deep model; a retry resumes from ``run_dir/checkpoints``.
 
     Returns:
-        ``TrainResult`` with ``run_dir``, ``model_path``, ``epochs``, ``best_val_auc``, ``history``.
+        The chief's result: ``run_dir``, ``model_path``, ``epochs``, ``best_val_auc``, ``history``.
     """
     from prefect.runtime import task_run
 
@@ -193,7 +199,7 @@ def train(cfg: Config, data: str, run_dir: str) -> Any:
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(cfg: Config, data: str, run_dir: str, publish_to: str) -> dict[str, Any]:
+def evaluate(cfg: Config, data: Dataset, run_dir: str, publish_to: str) -> dict[str, Any]:
     """Exact test AUC, baseline, plots and the blessing → ``run_dir/report/``.
 
     Returns:
@@ -205,11 +211,11 @@ def evaluate(cfg: Config, data: str, run_dir: str, publish_to: str) -> dict[str,
 
 
 @task(name="publish", cache_policy=NO_CACHE, **IO_RETRIES)
-def publish(run_dir: str, publish_to: str) -> Any:
+def publish(run_dir: str, publish_to: str) -> PublishResult:
     """Copy model and report to ``publish_to``; ``latest.json`` moves only to a blessed model.
 
     Returns:
-        ``PublishResult`` with ``uri``, ``run_id``, ``files``, ``latest_moved``.
+        What was published: ``uri``, ``run_id``, ``files``, ``latest_moved``.
     """
     with _remote_failures_retryable(publish_to):
         result = chain.step_publish(run_dir, publish_to)
@@ -252,7 +258,7 @@ def flow_config(preset: str = "sample", overrides: list[str] | None = None, **pa
         if value is not None:
             section, key = PARAMETER_KEYS[name]
             explicit.setdefault(section, {})[key] = value
-    return merge(load_config(preset, None, overrides or []), explicit)
+    return validate(merge(load_config(preset, None, overrides or []), explicit))
 
 
 @flow(name="higgs", log_prints=True, validate_parameters=True)
@@ -264,7 +270,7 @@ def higgs(
     publish_to: str | None = None,
     runner: Runner | None = None,
     beam_args: list[str] | None = None,
-    strategy: Strategy | None = None,
+    strategy: StrategyName | None = None,
     workers: Annotated[int, Field(ge=1, le=64)] | None = None,
     epochs: Annotated[int, Field(ge=1, le=10_000)] | None = None,
     overrides: list[str] | None = None,
@@ -310,9 +316,10 @@ def higgs(
             step = "convert"
             converted = convert(cfg, info.path, paths.data, list(beam_args or []))
             step = "train"
-            trained = train(cfg, paths.data, paths.run_dir)
+            data = chain.dataset_of(converted)  # the manifest travels with it: read once
+            trained = train(cfg, data, paths.run_dir)
             step = "evaluate"
-            metrics = evaluate(cfg, paths.data, paths.run_dir, paths.publish_to)
+            metrics = evaluate(cfg, data, paths.run_dir, paths.publish_to)
             step = "publish"
             published = publish(paths.run_dir, paths.publish_to)
     except PipelineError as exc:

@@ -29,12 +29,13 @@ def backend_for(cfg: Config) -> str:
     return "in_process"
 
 
-def train(cfg: Config, data: str, run_dir: str) -> TrainResult:
+def train(cfg: Config, data: str | dataset.Dataset, run_dir: str) -> TrainResult:
     """Train ``cfg`` on ``data`` into ``run_dir`` on the backend the config names.
 
     Args:
         cfg: resolved config (``runtime.backend``, ``train.workers``).
-        data: dataset directory (local or gs://) with ``manifest.json``.
+        data: dataset directory (local or gs://) with ``manifest.json``, or the opened
+            :class:`~pipeline.data.dataset.Dataset` the chain passes on.
         run_dir: the run directory (local; gs:// for Vertex AI).
 
     Returns:
@@ -48,16 +49,16 @@ def train(cfg: Config, data: str, run_dir: str) -> TrainResult:
     if backend == "vertex":
         from pipeline.cloud import vertex
 
-        return vertex.run_training_vertex(cfg, data, run_dir)
+        return vertex.run_training_vertex(cfg, str(data), run_dir)
     if backend == "local_cluster":
         from pipeline.cloud import launch
 
         if "://" in run_dir:
             raise TrainError(f"run directory {run_dir} must be a local path; "
                              "'higgs publish --run RUN --to gs://…' copies a finished run to GCS")
-        dataset.load_manifest(data)  # fail on a bad path before starting any worker
+        data = dataset.open_dataset(data)  # a bad path fails here, before any worker starts
         try:
-            launch.run_local_cluster(cfg, data, run_dir)
+            launch.run_local_cluster(cfg, data.uri, run_dir)  # each worker reads the manifest
         except launch.LaunchError as exc:
             raise TrainError(str(exc)) from None
         return TrainResult.from_run_dir(run_dir)

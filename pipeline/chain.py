@@ -29,10 +29,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.core import rundir, storage
 from pipeline.core.config import Config
+
+if TYPE_CHECKING:
+    from pipeline.core.rundir import TrainResult
+    from pipeline.data.convert import ConvertResult
+    from pipeline.data.dataset import Dataset
+    from pipeline.data.source import SourceInfo
+    from pipeline.data.validate import ValidationReport
+    from pipeline.publish.store import PublishResult
 
 log = logging.getLogger(__name__)
 
@@ -154,18 +162,18 @@ def beam_options(cfg: Config, beam_args: Sequence[str] = ()) -> list[str]:
 # --- the steps: one library call each; the flow's tasks call exactly these ----------------
 
 
-def step_source(cfg: Config) -> Any:
+def step_source(cfg: Config) -> SourceInfo:
     """Locate, download (resume + checksum) or generate the source file.
 
     Returns:
-        ``pipeline.data.source.SourceInfo`` (``path``, ``uri``, ``bytes``, ``sha256``).
+        The source's ``path``, ``uri``, ``bytes`` and ``sha256``.
     """
     from pipeline.data import source
 
     return source.ensure_source(cfg.data)
 
 
-def step_convert(cfg: Config, source_path: str, data: str, beam_args: Sequence[str] = ()) -> Any:
+def step_convert(cfg: Config, source_path: str, data: str, beam_args: Sequence[str] = ()) -> ConvertResult:
     """Convert the source CSV.gz to the sharded TFRecord dataset at ``data`` with Beam.
 
     The converter is its own cache: a dataset already built from the same source
@@ -173,7 +181,8 @@ def step_convert(cfg: Config, source_path: str, data: str, beam_args: Sequence[s
     retraining skips the conversion when the source is unchanged.
 
     Returns:
-        ``pipeline.data.convert.ConvertResult`` (``out``, ``manifest``, ``skipped``).
+        The result (``out``, ``manifest``, ``skipped``); :func:`dataset_of` turns it into the
+        opened dataset the later steps take, so the manifest is read once.
     """
     from pipeline.data import convert
 
@@ -190,8 +199,8 @@ def step_convert(cfg: Config, source_path: str, data: str, beam_args: Sequence[s
     return result
 
 
-def step_validate(cfg: Config, data: str, publish_to: str, baseline: str | None = None,
-                  require_baseline: bool = False) -> Any:
+def step_validate(cfg: Config, data: str | Dataset, publish_to: str, baseline: str | None = None,
+                  require_baseline: bool = False) -> ValidationReport:
     """Compare ``data`` with the published model's dataset (or ``baseline``); write ``DATA/validation.json``.
 
     Anomalies are returned, not raised: :func:`enforce_validation` decides what they mean.
@@ -206,7 +215,7 @@ def step_validate(cfg: Config, data: str, publish_to: str, baseline: str | None 
             validation is recorded as skipped (the first run has nothing to compare with).
 
     Returns:
-        ``pipeline.data.validate.ValidationReport``.
+        The report (``ok``, ``anomalies``, ``headline()``, ``table_rows()``).
 
     Raises:
         ValidationError: nothing to compare with although required, or an unreadable baseline.
@@ -228,7 +237,7 @@ def step_validate(cfg: Config, data: str, publish_to: str, baseline: str | None 
     return validate.validate(data, baseline, cfg.validate, baseline_run=run_id)
 
 
-def enforce_validation(cfg: Config, report: Any) -> None:
+def enforce_validation(cfg: Config, report: ValidationReport) -> None:
     """Stop before training on anomalies (``validate.on_anomaly=fail``), or let them through (``warn``).
 
     Raises:
@@ -239,20 +248,26 @@ def enforce_validation(cfg: Config, report: Any) -> None:
     validate.enforce(report, cfg.validate.on_anomaly)
 
 
-def step_train(cfg: Config, data: str, run_dir: str) -> Any:
-    """Train into ``run_dir``; a repeated call with the same ``run_dir`` resumes from its checkpoint.
+def dataset_of(conversion: ConvertResult) -> Dataset:
+    """The converted dataset with the manifest the conversion returned (no second read)."""
+    from pipeline.data.dataset import Dataset
+
+    return Dataset(conversion.out, conversion.manifest)
+
+
+def step_train(cfg: Config, data: str | Dataset, run_dir: str) -> TrainResult:
+    """Train into ``run_dir`` on the configured backend; a repeated call resumes from its checkpoint.
 
     Returns:
-        ``pipeline.core.rundir.TrainResult`` (``run_dir``, ``model_path``, ``epochs``, ``best_val_auc``,
-        ``history``).
+        The chief's result (``run_dir``, ``model_path``, ``epochs``, ``best_val_auc``, ``history``).
     """
     from pipeline import backends
 
     return backends.train(cfg, data, run_dir)
 
 
-def step_evaluate(cfg: Config, data: str, run_dir: str, publish_to: str,
-                  validation: Any = None) -> dict[str, Any]:
+def step_evaluate(cfg: Config, data: str | Dataset, run_dir: str, publish_to: str,
+                  validation: ValidationReport | None = None) -> dict[str, Any]:
     """Evaluate on the test split, write ``RUN/report/`` and decide the blessing.
 
     The blessing compares against the model currently published at ``publish_to``, and
@@ -275,11 +290,11 @@ def step_evaluate(cfg: Config, data: str, run_dir: str, publish_to: str,
                              published_at=publish_to, validation=validation)
 
 
-def step_publish(run_dir: str, publish_to: str) -> Any:
+def step_publish(run_dir: str, publish_to: str) -> PublishResult:
     """Publish model and report; ``latest.json`` moves only to a blessed run.
 
     Returns:
-        ``pipeline.publish.store.PublishResult`` (``uri``, ``run_id``, ``files``, ``latest_moved``).
+        What was published (``uri``, ``run_id``, ``files``, ``latest_moved``).
     """
     from pipeline.publish import store as publish
 
@@ -300,27 +315,23 @@ def split_table(manifest: dict[str, Any], metrics: dict[str, Any], best_val_auc:
 
     Returns:
         One dict per split: ``split``, ``rows``, ``model_auc``, ``auc_ci95``, ``baseline_auc``
-        (``None`` where not measured).
+        (``None`` where not measured: training is not scored, validation only by training).
     """
-    per_split = metrics.get("splits") or {}
+    known = {
+        "validation": {"model_auc": best_val_auc},
+        "test": {"model_auc": metrics.get("auc"), "auc_ci95": metrics.get("auc_ci95"),
+                 "baseline_auc": baseline_auc(metrics)},
+    }
     rows = []
     for split in ("training", "validation", "test"):
-        known = per_split.get(split) or {}
-        model_auc = known.get("auc")
-        if model_auc is None and split == "test":
-            model_auc = metrics.get("auc")
-        if model_auc is None and split == "validation":
-            model_auc = best_val_auc
-        ci = known.get("auc_ci95") or (metrics.get("auc_ci95") if split == "test" else None)
-        baseline = known.get("baseline_auc")
-        if baseline is None and split == "test":
-            baseline = baseline_auc(metrics)
+        aucs = known.get(split, {})
+        ci = aucs.get("auc_ci95")
         rows.append({
             "split": split,
             "rows": int(manifest.get("rows", {}).get(split, 0)),
-            "model_auc": _round(model_auc),
+            "model_auc": _round(aucs.get("model_auc")),
             "auc_ci95": [_round(v) for v in ci] if ci else None,
-            "baseline_auc": _round(baseline),
+            "baseline_auc": _round(aucs.get("baseline_auc")),
         })
     return rows
 
@@ -328,11 +339,7 @@ def split_table(manifest: dict[str, Any], metrics: dict[str, Any], best_val_auc:
 def baseline_auc(metrics: dict[str, Any]) -> float | None:
     """The BDT baseline's test AUC from the metrics (``None`` when no baseline ran)."""
     base = metrics.get("baseline")
-    if isinstance(base, dict):
-        return base.get("auc")
-    if isinstance(base, (int, float)):
-        return float(base)
-    return metrics.get("baseline_auc")
+    return base.get("auc") if base else None
 
 
 def published_locations(publish_uri: str) -> dict[str, str]:
@@ -349,12 +356,12 @@ class ChainResult:
     """Everything one run of the chain produced, plus wall seconds per step."""
 
     paths: Paths
-    source: Any = None
-    conversion: Any = None
-    validation: Any = None
-    training: Any = None
+    source: SourceInfo | None = None
+    conversion: ConvertResult | None = None
+    validation: ValidationReport | None = None
+    training: TrainResult | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
-    published: Any = None
+    published: PublishResult | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
@@ -429,10 +436,11 @@ def run_chain(
 
     result.source = timed("source", step_source, cfg)
     result.conversion = timed("convert", step_convert, cfg, result.source.path, paths.data, beam_args)
-    result.validation = timed("validate", step_validate, cfg, paths.data, paths.publish_to)
+    data = dataset_of(result.conversion)  # the manifest travels with it: read once
+    result.validation = timed("validate", step_validate, cfg, data, paths.publish_to)
     enforce_validation(cfg, result.validation)
-    result.training = timed("train", step_train, cfg, paths.data, paths.run_dir)
-    result.metrics = timed("evaluate", step_evaluate, cfg, paths.data, paths.run_dir, paths.publish_to,
+    result.training = timed("train", step_train, cfg, data, paths.run_dir)
+    result.metrics = timed("evaluate", step_evaluate, cfg, data, paths.run_dir, paths.publish_to,
                            result.validation)
     result.published = timed("publish", step_publish, paths.run_dir, paths.publish_to)
     return result

@@ -21,7 +21,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from pipeline.core.config import Config, load_config, preset_names
+from pipeline.core.config import Config, StrategyName, choices, load_config, preset_names
 from pipeline.core.errors import PipelineError
 
 log = logging.getLogger("higgs")
@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="DATA")
     p.add_argument("--out", required=True, metavar="RUN")
     p.add_argument("--strategy", default=None,
-                   choices=["auto", "tpu", "multi_worker", "mirrored", "one_device"])
+                   choices=choices(StrategyName))
     p.add_argument("--workers", type=int, default=None,
                    help="start N MultiWorkerMirroredStrategy processes on 127.0.0.1")
     p.add_argument("--epochs", type=int, default=None)

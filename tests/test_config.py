@@ -110,3 +110,54 @@ def test_config_is_frozen() -> None:
     cfg = C.load_config("sample")
     with pytest.raises(AttributeError):
         cfg.train.epochs = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.mixed_precision=fp8", r"unknown train\.mixed_precision 'fp8'; choose one of: auto, float32"),
+        ("train.strategy=gpu", r"unknown train\.strategy 'gpu'; choose one of: auto, tpu, multi_worker"),
+        ("train.optimizer=lion", r"unknown train\.optimizer 'lion'; choose one of: adam"),
+        ("runtime.backend=k8s", r"unknown runtime\.backend 'k8s'; choose one of: local, vertex"),
+        ("runtime.tpu_type=v9-8", r"unknown runtime\.tpu_type 'v9-8'"),
+        ("train.epochs=0", r"train\.epochs must be >= 1, got 0"),
+        ("train.batch_size_per_replica=-4", r"train\.batch_size_per_replica must be >= 1, got -4"),
+        ("train.steps_per_execution=0", r"train\.steps_per_execution must be >= 1"),
+        ("data.training_shards=0", r"data\.training_shards must be >= 1, got 0"),
+        ("data.max_bad_rows=-1", r"data\.max_bad_rows must be >= 0, got -1"),
+        ("model.dropout=1.5", r"model\.dropout must be in \[0, 1\)"),
+        ("evaluate.auc_floor=2", r"evaluate\.auc_floor must be in \[0, 1\]"),
+        ("train.reduce_lr_min_lr=0.5", r"reduce_lr_min_lr=0\.5 must be below train\.learning_rate"),
+    ],
+)
+def test_bad_values_fail_when_the_config_is_loaded(override: str, message: str) -> None:
+    with pytest.raises(C.ConfigError, match=message) as info:
+        C.load_config("sample", overrides=[override])
+    assert "\n" not in str(info.value)
+
+
+def test_workers_need_a_multi_worker_strategy() -> None:
+    with pytest.raises(C.ConfigError, match="--workers 2 runs MultiWorkerMirroredStrategy"):
+        C.load_config("sample", overrides=["train.workers=2", "train.strategy=tpu"])
+
+
+def test_a_written_config_with_a_bad_value_is_rejected_on_read(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(C.to_yaml(C.load_config("sample")).replace("epochs: 8", "epochs: 0"))
+    with pytest.raises(C.ConfigError, match=r"train\.epochs must be >= 1"):
+        C.read_config(path)
+
+
+def test_a_bad_value_stops_higgs_run_before_any_io(tmp_path: Path) -> None:
+    """`higgs run` with a bad value: one line, exit 2, and nothing generated, converted or trained."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", "--preset", "sample", "--set", "train.mixed_precision=fp8"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == ["higgs run: error: unknown train.mixed_precision 'fp8'; choose one of: auto, float32, "
+                     "mixed_float16, mixed_bfloat16"]
+    assert list(tmp_path.iterdir()) == []  # no data/, no runs/

@@ -22,6 +22,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline.core import schema
 from pipeline.core.config import load_config
 from pipeline.data import convert, dataset, records, synth
+from pipeline.data.convert import stage, transforms
+from pipeline.data.convert.files import Files
 
 ROWS = 12_000  # the small_dataset fixture: synth seed 7, sample preset shard counts
 
@@ -254,7 +256,7 @@ def test_read_transform_with_test_pipeline(tmp_path: Path) -> None:
     assert len(starts) > 3
     with test_pipeline.TestPipeline() as p:
         out = (p | beam.Create([(3, str(src))])
-               | beam.ParDo(convert._ReadBlocks(block_bytes, convert._Files())).with_outputs(
+               | beam.ParDo(transforms.ReadBlocks(block_bytes, Files())).with_outputs(
                    convert.BAD_TAG, convert.PARTS_TAG, main="rows"))
         assert_that(out.rows | beam.Map(lambda b: (b.part, b.line0)),
                     equal_to([(3, s) for s in starts]), label="blocks")
@@ -435,7 +437,7 @@ def test_multi_processing_mode_gives_identical_shards(tmp_path: Path, small_data
 
 
 def test_secrets_in_beam_args_are_not_recorded() -> None:
-    assert convert._redact(["--runner", "DataflowRunner", "--api_key=abc", "--token", "xyz",
-                            "--project", "p"]) == [
+    assert stage.redact(["--runner", "DataflowRunner", "--api_key=abc", "--token", "xyz",
+                         "--project", "p"]) == [
         "--runner", "DataflowRunner", "--api_key=<redacted>", "--token", "<redacted>",
         "--project", "p"]

@@ -88,11 +88,12 @@ def test_dry_run_builds_the_dataflow_job_for_the_converter(gcs_bucket, tmp_path,
     from apache_beam import Create
 
     from pipeline.data import convert
+    from pipeline.data.convert.files import Files
 
     cfg = _cfg(gcs_bucket, f"runtime.image={IMAGE}")
     options = dataflow.pipeline_options(cfg, packaging=packaging, job_name="higgs-convert-dry",
                                         extra=["--no_auth"])
-    files = convert._Files(anonymous=True)
+    files = Files(anonymous=True)
     parts = [f"gs://{gcs_bucket}/parts/part-{i:05d}-of-00004.csv.gz" for i in range(4)]
     shard_cfg = {"validation_rows": None, "test_rows": None,
                  "shards": {"training": 16, "validation": 4, "test": 4}}

@@ -23,7 +23,7 @@ from pipeline.training import tune
     [
         (["tune.trials=0"], "must be >= 1"),
         (["tune.sampler=grid"], "unknown tune.sampler 'grid'"),
-        (["tune.optimizers=[adam,cg]"], "not cg"),
+        (["tune.optimizers=[adam,cg]"], "unknown tune.optimizers 'cg'"),
         (["tune.units=[]"], "tune.units must list at least one choice"),
         (["tune.dropout_min=0.5", "tune.dropout_max=0.2"], "tune.dropout_min <= tune.dropout_max"),
         (["tune.learning_rate_min=1e-7"], "must exceed train.reduce_lr_min_lr"),
@@ -31,7 +31,7 @@ from pipeline.training import tune
 )
 def test_bad_tune_config_is_one_line(overrides, fragment):
     with pytest.raises(ConfigError) as err:
-        tune.validate_tune_config(load_config("sample", overrides=overrides))
+        load_config("sample", overrides=overrides)  # rejected when the config is loaded
     assert fragment in str(err.value) and "\n" not in str(err.value)
 
 

@@ -37,7 +37,6 @@ from pipeline.core.config import Config, require_runtime
 from pipeline.core.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
-_JOB_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 
 
 class DataflowConfigError(PipelineError):

@@ -9,3 +9,7 @@ else that escapes is a bug and keeps its traceback.
 
 class PipelineError(RuntimeError):
     """A user-fixable failure; ``str(err)`` is one line naming the thing and the fix."""
+
+
+class ConfigError(PipelineError, ValueError):
+    """A configuration value, key or file that cannot be used; the message is one line."""

@@ -1,6 +1,6 @@
 """A converted dataset: ``DATA/manifest.json`` and the shard files it lists.
 
-    python -c "from pipeline.data.dataset import load_manifest; print(load_manifest('data/sample')['rows'])"
+    python -c "from pipeline.data.dataset import open_dataset; print(open_dataset('data/sample').rows('test'))"
 
 A directory without a manifest is not a dataset: the converter writes ``manifest.json``
 last, so its presence means every shard it lists is complete. Shard paths in the
@@ -12,6 +12,7 @@ dataset with a baseline (``higgs validate``).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.core import schema, storage
@@ -92,3 +93,41 @@ def shard_paths(data: str, split: str, manifest: dict[str, Any] | None = None) -
 def split_rows(manifest: dict[str, Any], split: str) -> int:
     """Number of records in one split according to the manifest."""
     return int(manifest["rows"][split])
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset directory with its manifest, read once and passed along the chain.
+
+    Attributes:
+        uri: the dataset directory (local path or gs://).
+        manifest: the content of ``manifest.json`` (checked by :func:`load_manifest`).
+    """
+
+    uri: str
+    manifest: dict[str, Any]
+
+    def shard_paths(self, split: str) -> list[str]:
+        """Full paths of one split's shard files, in manifest order (see :func:`shard_paths`)."""
+        return shard_paths(self.uri, split, self.manifest)
+
+    def rows(self, split: str) -> int:
+        """Number of records in one split."""
+        return split_rows(self.manifest, split)
+
+    def __str__(self) -> str:
+        return self.uri
+
+
+def open_dataset(data: str | Dataset) -> Dataset:
+    """Return ``data`` as a :class:`Dataset`, reading its manifest only when given a location.
+
+    Args:
+        data: a dataset directory (local or gs://) or an already opened :class:`Dataset`.
+
+    Raises:
+        DatasetError: see :func:`load_manifest`.
+    """
+    if isinstance(data, Dataset):
+        return data
+    return Dataset(str(data), load_manifest(str(data)))

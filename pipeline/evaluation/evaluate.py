@@ -52,7 +52,7 @@ class EvaluateError(PipelineError):
 
 
 def read_batches(
-    data: str, split: str, cfg: Config, batch_size: int, max_rows: int | None = None
+    data: str | dataset.Dataset, split: str, cfg: Config, batch_size: int, max_rows: int | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(features float32 [B, 28], labels float32 [B])`` of one split, once, in order.
 
@@ -62,7 +62,7 @@ def read_batches(
     are scored on the same batch at the same time.
 
     Args:
-        data: dataset directory (local or gs://).
+        data: dataset directory (local or gs://) or an opened dataset.
         split: ``training``, ``validation`` or ``test``.
         cfg: the resolved config (input pipeline settings).
         batch_size: rows per batch.
@@ -84,7 +84,7 @@ def read_batches(
 
 
 def load_rows(
-    data: str, split: str, cfg: Config, max_rows: int, batch_size: int = 65_536
+    data: str | dataset.Dataset, split: str, cfg: Config, max_rows: int, batch_size: int = 65_536
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read the first ``max_rows`` rows of a split into arrays (for the baseline's fit).
 
@@ -202,8 +202,9 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def evaluate(cfg: Config, data: str, run_dir: str, published_metrics: dict[str, Any] | None = None,
-             published_at: str = "", validation: ValidationReport | None = None) -> dict[str, Any]:
+def evaluate(cfg: Config, data: str | dataset.Dataset, run_dir: str,
+             published_metrics: dict[str, Any] | None = None, published_at: str = "",
+             validation: ValidationReport | None = None) -> dict[str, Any]:
     """Evaluate ``RUN/model/model.keras`` on every test row and write ``RUN/report/``.
 
     Args:
@@ -232,8 +233,9 @@ def evaluate(cfg: Config, data: str, run_dir: str, published_metrics: dict[str, 
     if not model_path.is_file():
         raise EvaluateError(f"{model_path} is missing; train first with "
                             f"'higgs train --data {data} --out {run_dir}'")
-    manifest = dataset.load_manifest(data)
-    test_rows = dataset.split_rows(manifest, "test")
+    data = dataset.open_dataset(data)
+    manifest = data.manifest
+    test_rows = data.rows("test")
     out_dir = Path(rundir.report_dir(run))
     out_dir.mkdir(parents=True, exist_ok=True)
     # blessing.json is written last and publish requires it: remove an old one first, so a
@@ -295,7 +297,7 @@ def evaluate(cfg: Config, data: str, run_dir: str, published_metrics: dict[str, 
     result["data_validation"] = blessing["data_validation"]
     result["published_auc"] = blessing["published_auc"]
     result["run_id"] = run.resolve().name
-    result["data"] = data
+    result["data"] = data.uri
 
     result = _json_ready(result)
     Path(rundir.metrics_path(run)).write_text(json.dumps(result, indent=1) + "\n")
@@ -309,7 +311,7 @@ def evaluate(cfg: Config, data: str, run_dir: str, published_metrics: dict[str, 
     report.plot_history(out_dir / report.HISTORY_PNG, history)
     config_path = Path(rundir.config_path(run))
     config_yaml = config_path.read_text() if config_path.is_file() else to_yaml(cfg)
-    report.write_markdown(Path(rundir.report_path(run)), run_dir=str(run), data=data, manifest=manifest,
+    report.write_markdown(Path(rundir.report_path(run)), run_dir=str(run), data=data.uri, manifest=manifest,
                           config_yaml=config_yaml, history=history, metrics_dict=result,
                           blessing=blessing)
     Path(rundir.blessing_path(run)).write_text(json.dumps(blessing, indent=1) + "\n")

@@ -51,7 +51,7 @@ def steps_for(manifest: dict[str, Any], split: str, global_batch: int) -> int:
 
 
 def make_dataset(
-    data: str,
+    data: str | dataset.Dataset,
     split: str,
     cfg: Config,
     input_context: tf.distribute.InputContext | None = None,
@@ -65,7 +65,8 @@ def make_dataset(
     """Build the input pipeline of one split (one input pipeline of a distributed run).
 
     Args:
-        data: dataset directory (local or gs://) holding ``manifest.json``.
+        data: dataset directory (local or gs://) holding ``manifest.json``, or an opened
+            :class:`~pipeline.data.dataset.Dataset`.
         split: ``training``, ``validation`` or ``test``.
         cfg: resolved config; uses ``train.batch_size_per_replica``, ``shuffle_buffer``,
             ``cache`` (training only: decoded blocks kept in memory after the first pass),
@@ -88,9 +89,9 @@ def make_dataset(
     """
     import tensorflow as tf
 
-    manifest = manifest or dataset.load_manifest(data)
-    paths = dataset.shard_paths(data, split, manifest)
-    counts = [int(s.get("records", 0)) for s in manifest["shards"][split]]
+    source = dataset.Dataset(str(data), manifest) if manifest else dataset.open_dataset(data)
+    paths = source.shard_paths(split)
+    counts = [int(s.get("records", 0)) for s in source.manifest["shards"][split]]
     t = cfg.train
     batch = batch_size or t.batch_size_per_replica
     repeat = training if repeat is None else repeat
@@ -169,7 +170,7 @@ def _decode(serialized: Any) -> tuple[Any, Any]:
 
 def distributed_dataset(
     strategy: tf.distribute.Strategy,
-    data: str,
+    data: str | dataset.Dataset,
     split: str,
     cfg: Config,
     training: bool = True,
@@ -184,9 +185,10 @@ def distributed_dataset(
     Returns:
         A ``tf.distribute.DistributedDataset`` yielding per-replica batches.
     """
-    manifest = kwargs.pop("manifest", None) or dataset.load_manifest(data)
+    manifest = kwargs.pop("manifest", None)
+    source = dataset.Dataset(str(data), manifest) if manifest else dataset.open_dataset(data)
 
     def fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-        return make_dataset(data, split, cfg, ctx, training, manifest=manifest, **kwargs)
+        return make_dataset(source, split, cfg, ctx, training, **kwargs)
 
     return strategy.distribute_datasets_from_function(fn)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core import storage
-from pipeline.core.config import Config, ConfigError, to_yaml
+from pipeline.core.config import Config, ConfigError, to_yaml, validate
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def lr_find(
     from pipeline.training import optim
     from pipeline.training.strategy import make_strategy
 
-    optim.validate_train_config(sweep_train)
+    validate(run_cfg)
     # The strategy first: MultiWorkerMirroredStrategy must configure the runtime before any op.
     strategy = make_strategy(sweep_train)
 

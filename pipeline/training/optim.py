@@ -8,9 +8,9 @@
 Everything here is built from ``TrainConfig`` / ``ModelConfig`` so that every option is
 reachable from ``--set`` on the real (distributed) training path:
 
-* :func:`validate_train_config` rejects impossible combinations with one line *before* any
-  TensorFlow work (e.g. a decaying schedule together with ReduceLROnPlateau, which needs a
-  settable rate and otherwise fails deep inside Keras).
+Impossible combinations (e.g. a decaying schedule together with ReduceLROnPlateau, which
+needs a settable rate and otherwise fails deep inside Keras) are rejected when the config is
+loaded (:func:`pipeline.core.config.validate`), before any TensorFlow work.
 * :func:`build_schedule` returns a float or a real ``tf_keras`` ``LearningRateSchedule``.
 * :func:`build_optimizer` returns a new-style ``tf_keras`` optimizer; call it inside
   ``strategy.scope()`` so its variables are mirrored.
@@ -30,91 +30,11 @@ from typing import Any
 
 import tensorflow as tf
 
-from pipeline.core.config import ConfigError, ModelConfig, TrainConfig
+from pipeline.core.config import ConfigError, ModelConfig, Optimizer, Schedule, TrainConfig, choices
 from pipeline.core.tfk import keras
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "cg")
-SCHEDULES = ("constant", "inverse_time", "exponential", "piecewise", "cosine")
-
-
-# --- validation ----------------------------------------------------------------------------
-
-
-def validate_train_config(train_cfg: TrainConfig) -> None:
-    """Check the optimizer/schedule settings of a training config; raise on the first problem.
-
-    Args:
-        train_cfg: the ``train`` section of the resolved config.
-
-    Raises:
-        ConfigError: one line naming the offending key(s) and the fix.
-    """
-    t = train_cfg
-    if t.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"unknown train.optimizer {t.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
-    if t.schedule not in SCHEDULES:
-        raise ConfigError(f"unknown train.schedule {t.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
-    if t.schedule != "constant" and t.reduce_lr:
-        # tf_keras' ReduceLROnPlateau assigns to optimizer.learning_rate, which is not a
-        # variable when a schedule drives it: "TypeError: This optimizer was created with a
-        # `LearningRateSchedule` object ..." after the first plateau — hours into a run.
-        raise ConfigError(
-            f"train.schedule={t.schedule} cannot be combined with train.reduce_lr=true: "
-            "ReduceLROnPlateau needs a settable rate; set train.reduce_lr=false or train.schedule=constant"
-        )
-    if not t.learning_rate > 0:
-        raise ConfigError(f"train.learning_rate must be > 0, got {t.learning_rate}")
-    if t.schedule == "piecewise":
-        b, v = t.schedule_boundaries, t.schedule_values
-        if not b or len(v) != len(b) + 1:
-            raise ConfigError(
-                f"train.schedule=piecewise needs N boundaries and N+1 values, got {len(b)} boundaries "
-                f"and {len(v)} values; e.g. train.schedule_boundaries=[1000,2000] "
-                "train.schedule_values=[1e-3,1e-4,1e-5]"
-            )
-        if any(x <= 0 for x in b) or any(x >= y for x, y in itertools.pairwise(b)):
-            raise ConfigError(f"train.schedule_boundaries must be positive and increasing, got {list(b)}")
-        if any(not x > 0 for x in v):
-            raise ConfigError(f"train.schedule_values must all be > 0, got {list(v)}")
-    if t.schedule_warmup_steps < 0 or t.schedule_decay_steps < 0:
-        raise ConfigError("train.schedule_warmup_steps and train.schedule_decay_steps must be >= 0")
-    if t.schedule_warmup_steps > 0 and t.schedule != "cosine":
-        raise ConfigError(
-            f"train.schedule_warmup_steps={t.schedule_warmup_steps} only applies to train.schedule=cosine "
-            f"(got {t.schedule}); set train.schedule=cosine or train.schedule_warmup_steps=0"
-        )
-    if t.schedule in ("inverse_time", "exponential") and not t.schedule_decay_rate > 0:
-        raise ConfigError(f"train.schedule_decay_rate must be > 0, got {t.schedule_decay_rate}")
-    if t.clipnorm is not None and t.global_clipnorm is not None:
-        raise ConfigError("set at most one of train.clipnorm (per tensor) and "
-                          "train.global_clipnorm (all tensors together)")
-    for key in ("clipnorm", "clipvalue", "global_clipnorm"):
-        value = getattr(t, key)
-        if value is not None and not value > 0:
-            raise ConfigError(f"train.{key} must be > 0 (or null to disable), got {value}")
-    if not 0.0 <= t.momentum <= 1.0:
-        raise ConfigError(f"train.momentum must be in [0, 1], got {t.momentum}")
-    if not 0.0 <= t.rmsprop_rho < 1.0:
-        raise ConfigError(f"train.rmsprop_rho must be in [0, 1), got {t.rmsprop_rho}")
-    if t.weight_decay < 0:
-        raise ConfigError(f"train.weight_decay must be >= 0, got {t.weight_decay}")
-    if t.optimizer == "adamw" and t.weight_decay == 0:
-        raise ConfigError("train.optimizer=adamw needs train.weight_decay > 0 (e.g. 0.004); "
-                          "with 0 it is plain adam")
-    if t.optimizer == "cg":
-        rates = t.schedule_values if t.schedule == "piecewise" else (t.learning_rate,)
-        if any(not 0.0 < r <= 1.0 for r in rates):
-            # TFA's convention: the rate is the weight kept on the current iterate, so a
-            # value above 1 would push the weights *away* from the constraint set.
-            raise ConfigError(
-                f"train.optimizer=cg needs learning rates in (0, 1] (the share kept of the current "
-                f"weights, e.g. train.learning_rate=0.99), got {list(rates)}"
-            )
-        if not t.cg_lambda > 0:
-            raise ConfigError(f"train.cg_lambda must be > 0, got {t.cg_lambda}")
-        if t.reduce_lr:
-            raise ConfigError("train.optimizer=cg cannot use train.reduce_lr=true: lowering its rate makes "
-                              "the Frank–Wolfe steps larger (step = 1 − rate); set train.reduce_lr=false")
+OPTIMIZERS = choices(Optimizer)
+SCHEDULES = choices(Schedule)
 
 
 # --- schedules -----------------------------------------------------------------------------
@@ -145,9 +65,8 @@ def build_schedule(
         A float or a ``LearningRateSchedule``.
 
     Raises:
-        ConfigError: invalid settings (see :func:`validate_train_config`).
+        ConfigError: ``steps_per_epoch`` < 1 (the config itself was validated when loaded).
     """
-    validate_train_config(train_cfg)
     if steps_per_epoch < 1:
         raise ConfigError(f"steps_per_epoch must be >= 1 to build a schedule, got {steps_per_epoch}")
     t = train_cfg
@@ -225,14 +144,10 @@ def kernel_regularizer(model_cfg: ModelConfig) -> keras.regularizers.Regularizer
         model_cfg: the ``model`` section.
 
     Returns:
-        ``None`` (both 0), ``L1``, ``L2`` or ``L1L2``.
-
-    Raises:
-        ConfigError: a negative factor.
+        ``None`` (both 0), ``L1``, ``L2`` or ``L1L2`` (negative factors are rejected when the
+        config is loaded).
     """
     l1, l2 = float(model_cfg.l1), float(model_cfg.l2)
-    if l1 < 0 or l2 < 0:
-        raise ConfigError(f"model.l1 and model.l2 must be >= 0, got l1={l1} l2={l2}")
     if l1 and l2:
         return keras.regularizers.L1L2(l1=l1, l2=l2)
     if l1:

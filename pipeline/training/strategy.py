@@ -1,7 +1,7 @@
 """Turn ``train.strategy`` into a ``tf.distribute`` strategy (one factory, chosen by config).
 
-    python -c "from pipeline.core.config import load_config; from pipeline.training.strategy import make_strategy; \
-print(make_strategy(load_config('sample').train))"
+    python -c "from pipeline.core.config import load_config; \
+from pipeline.training.strategy import make_strategy; print(make_strategy(load_config('sample').train))"
 
 Names: ``tpu`` (TPUClusterResolver → connect → initialize → TPUStrategy), ``multi_worker``
 (MultiWorkerMirroredStrategy from ``TF_CONFIG``), ``mirrored`` (all local GPUs), ``one_device``
@@ -18,6 +18,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+from pipeline.core.config import StrategyName, choices
 from pipeline.core.errors import PipelineError
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("auto", "tpu", "multi_worker", "mirrored", "one_device")
+STRATEGIES = choices(StrategyName)
 
 
 class StrategyError(PipelineError):
@@ -184,17 +185,35 @@ def is_tpu(strategy: tf.distribute.Strategy) -> bool:
     return type(strategy).__name__.startswith("TPUStrategy")
 
 
+def is_chief_task(config: dict[str, Any]) -> bool:
+    """True if the task a parsed ``TF_CONFIG`` names is the chief, the one that writes the run.
+
+    TensorFlow's rule: the ``chief`` (or legacy ``master``) task, else worker 0 when the
+    cluster has no ``chief``; a config without a task (one process, no cluster) is the chief.
+
+    Args:
+        config: ``{"cluster": {...}, "task": {"type": ..., "index": ...}}``, e.g. :func:`tf_config`.
+    """
+    task = config.get("task") or {}
+    if not task:
+        return True
+    task_type = task.get("type")
+    if task_type in ("chief", "master"):
+        return True
+    return (task_type == "worker" and int(task.get("index", 0)) == 0
+            and "chief" not in config.get("cluster", {}))
+
+
 def task_info(strategy: tf.distribute.Strategy) -> tuple[str, int, bool]:
     """Return ``(task_type, task_id, is_chief)`` of this process in its strategy's cluster.
 
-    Worker 0 is the chief when the cluster has no ``chief`` task (TensorFlow's rule), and a
-    single process is always the chief.
+    The chief follows :func:`is_chief_task`; a single process is always the chief.
     """
     resolver = getattr(strategy, "cluster_resolver", None)
     task_type = getattr(resolver, "task_type", None)
     task_id = getattr(resolver, "task_id", None)
     if not task_type or task_id is None or not is_worker_process():
         return "worker", 0, True
-    chief = task_type == "chief" or (task_type == "worker" and int(task_id) == 0
-                                     and "chief" not in tf_config().get("cluster", {}))
+    task = {"type": str(task_type), "index": int(task_id)}
+    chief = is_chief_task({"cluster": tf_config().get("cluster", {}), "task": task})
     return str(task_type), int(task_id), chief

@@ -103,7 +103,7 @@ class Estimate:
 # --- entry points ----------------------------------------------------------------------------
 
 
-def run_training(cfg: Config, data: str, run_dir: str) -> TrainResult:
+def run_training(cfg: Config, data: str | dataset.Dataset, run_dir: str) -> TrainResult:
     """Train a model on ``data`` into ``run_dir`` in this process (resumes an interrupted run).
 
     Alone this process is the whole run; under ``TF_CONFIG`` it is one worker of a
@@ -112,7 +112,8 @@ def run_training(cfg: Config, data: str, run_dir: str) -> TrainResult:
 
     Args:
         cfg: resolved config (``model``, ``train``).
-        data: dataset directory (local or gs://) with ``manifest.json``.
+        data: dataset directory (local or gs://) with ``manifest.json``, or the opened
+            :class:`~pipeline.data.dataset.Dataset` (its manifest is not read again).
         run_dir: local run directory; created if missing.
 
     Returns:
@@ -129,11 +130,12 @@ def run_training(cfg: Config, data: str, run_dir: str) -> TrainResult:
     if cfg.train.workers > 1 and not strategy_lib.is_worker_process():
         raise TrainError(f"train.workers={cfg.train.workers} needs a cluster: run it through "
                          "pipeline.backends.train (higgs train --workers N starts one on 127.0.0.1)")
-    dataset.load_manifest(data)  # fail on a bad path before starting anything heavy
-    return _train_here(cfg, data, Path(run_dir))
+    # A bad path fails here, before anything heavy; the manifest is read once.
+    return _train_here(cfg, dataset.open_dataset(data), Path(run_dir))
 
 
-def estimate(cfg: Config, data: str, *, min_seconds: float = 3.0, max_steps: int = 200) -> Estimate:
+def estimate(cfg: Config, data: str | dataset.Dataset, *, min_seconds: float = 3.0,
+             max_steps: int = 200) -> Estimate:
     """Time real training and validation steps (after warm-up) and extrapolate to a run.
 
     Nothing is written. With ``train.workers > 1`` and no cluster the steps are timed in this
@@ -148,7 +150,8 @@ def estimate(cfg: Config, data: str, *, min_seconds: float = 3.0, max_steps: int
     Returns:
         An :class:`Estimate`; ``.summary()`` is what ``higgs train --estimate`` prints.
     """
-    manifest = dataset.load_manifest(data)
+    data = dataset.open_dataset(data)
+    manifest = data.manifest
     note = ""
     if cfg.train.workers > 1 and not strategy_lib.is_worker_process():
         note = (f"note: timed in one process; --workers {cfg.train.workers} on one machine shares its "
@@ -171,12 +174,12 @@ def estimate(cfg: Config, data: str, *, min_seconds: float = 3.0, max_steps: int
     val_steps = cfg.train.validation_steps or inputs.steps_for(manifest, "validation", gbs)
     model = compiled_model(cfg, strategy, steps)
     spe = cfg.train.steps_per_execution
-    train_ds = inputs.distributed_dataset(strategy, data, "training", cfg, True, manifest=manifest)
+    train_ds = inputs.distributed_dataset(strategy, data, "training", cfg, True)
     timer = _StepTimer(min_seconds=min_seconds, max_steps=max_steps)
     # One long "epoch" that the timer stops once it has measured enough executions.
     model.fit(train_ds, epochs=1, steps_per_epoch=max(steps, spe * 4, max_steps + 2 * spe),
               callbacks=[timer], verbose=0)
-    val_ds = inputs.distributed_dataset(strategy, data, "validation", cfg, False, manifest=manifest,
+    val_ds = inputs.distributed_dataset(strategy, data, "validation", cfg, False,
                                         repeat=True, drop_remainder=True)
     k = max(2, min(val_steps, 5))
     model.evaluate(val_ds, steps=k, verbose=0)  # warm-up: traces and compiles the test step
@@ -242,13 +245,13 @@ def compiled_model(cfg: Config, strategy: tf.distribute.Strategy, steps_per_epoc
     return model
 
 
-def _train_here(cfg: Config, data: str, run_dir: Path) -> TrainResult:
+def _train_here(cfg: Config, data: dataset.Dataset, run_dir: Path) -> TrainResult:
     """Train in this process (alone, or as one worker of a TF_CONFIG cluster)."""
     strategy = strategy_lib.make_strategy(cfg.train)  # must precede every other TensorFlow op
     from pipeline.training import inputs, optim
 
     task_type, task_id, chief = strategy_lib.task_info(strategy)
-    manifest = dataset.load_manifest(data)
+    manifest = data.manifest
     replicas = strategy.num_replicas_in_sync
     gbs = inputs.global_batch_size(cfg, replicas)
     steps = cfg.train.steps_per_epoch or inputs.steps_for(manifest, "training", gbs)
@@ -264,10 +267,10 @@ def _train_here(cfg: Config, data: str, run_dir: Path) -> TrainResult:
         if chief:
             write_config(cfg, rundir.config_path(out))
         model = compiled_model(cfg, strategy, steps)
-        train_ds = inputs.distributed_dataset(strategy, data, "training", cfg, True, manifest=manifest)
+        train_ds = inputs.distributed_dataset(strategy, data, "training", cfg, True)
         # Repeated + full batches: every replica sees the same number of validation steps,
         # and Keras starts a fresh iterator per evaluation, so each epoch sees the same rows.
-        val_ds = inputs.distributed_dataset(strategy, data, "validation", cfg, False, manifest=manifest,
+        val_ds = inputs.distributed_dataset(strategy, data, "validation", cfg, False,
                                             repeat=True, drop_remainder=True)
         history_cb = HistoryJson(out)
         callbacks = [

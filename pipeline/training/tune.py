@@ -39,13 +39,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core import rundir
-from pipeline.core.config import Config, ConfigError, TuneConfig, apply_overrides, write_config
+from pipeline.core.config import Config, ConfigError, TuneConfig, apply_overrides, validate, write_config
 from pipeline.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("tpe", "random")
-TUNABLE_OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")  # cg's rate is not a step size
 STUDY_NAME = "higgs-tune"
 ADAMW_DEFAULT_DECAY = 0.004  # Keras' AdamW default, used when the base config has none
 
@@ -96,40 +94,6 @@ class TuneResult:
     trials: list[TrialResult]
     trials_path: str
     hparams_dir: str
-
-
-def validate_tune_config(cfg: Config) -> None:
-    """Check the ``tune`` section against itself and the base config.
-
-    Raises:
-        ConfigError: one line naming the key and the fix.
-    """
-    t: TuneConfig = cfg.tune
-    if t.trials < 1 or t.parallel < 1 or t.epochs < 1:
-        raise ConfigError(f"tune.trials, tune.parallel and tune.epochs must be >= 1, got "
-                          f"{t.trials}, {t.parallel}, {t.epochs}")
-    if t.sampler not in SAMPLERS:
-        raise ConfigError(f"unknown tune.sampler {t.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
-    for key in ("blocks", "units", "optimizers", "batch_sizes"):
-        if not getattr(t, key):
-            raise ConfigError(f"tune.{key} must list at least one choice")
-    bad = [o for o in t.optimizers if o not in TUNABLE_OPTIMIZERS]
-    if bad:
-        raise ConfigError(f"tune.optimizers may hold {', '.join(TUNABLE_OPTIMIZERS)}; not {', '.join(bad)} "
-                          "(cg's rate is the share of weights kept, not a step size)")
-    if any(b < 1 for b in t.blocks) or any(u < 1 for u in t.units) or any(b < 1 for b in t.batch_sizes):
-        raise ConfigError("tune.blocks, tune.units and tune.batch_sizes must be positive")
-    if not 0.0 <= t.dropout_min <= t.dropout_max < 1.0:
-        raise ConfigError(f"need 0 <= tune.dropout_min <= tune.dropout_max < 1, got "
-                          f"{t.dropout_min}, {t.dropout_max}")
-    if not 0.0 < t.learning_rate_min <= t.learning_rate_max:
-        raise ConfigError(f"need 0 < tune.learning_rate_min <= tune.learning_rate_max, got "
-                          f"{t.learning_rate_min}, {t.learning_rate_max}")
-    if cfg.train.reduce_lr and t.learning_rate_min <= cfg.train.reduce_lr_min_lr:
-        raise ConfigError(f"tune.learning_rate_min={t.learning_rate_min} must exceed train.reduce_lr_min_lr="
-                          f"{cfg.train.reduce_lr_min_lr} (or set train.reduce_lr=false)")
-    if t.trial_timeout_s < 0:
-        raise ConfigError(f"tune.trial_timeout_s must be >= 0, got {t.trial_timeout_s}")
 
 
 def suggest(trial: Any, tune_cfg: TuneConfig) -> dict[str, Any]:
@@ -251,7 +215,7 @@ def tune(cfg: Config, data: str, out_dir: str, runner: Runner | None = None) -> 
         TuneError: every trial failed.
         pipeline.data.dataset.DatasetError: ``data`` is not a dataset.
     """
-    validate_tune_config(cfg)
+    validate(cfg)
     from pipeline.data import dataset
 
     dataset.load_manifest(data)  # a bad path fails here, not in N trial processes
@@ -341,4 +305,4 @@ def summary(result: TuneResult) -> str:
 
 
 __all__ = ["TrialResult", "TuneError", "TuneResult", "run_trial", "suggest", "summary", "trial_config",
-           "tune", "validate_tune_config"]
+           "tune"]

@@ -1,0 +1,225 @@
+"""CSV text → float32 rows, with bad rows separated and explained.
+
+    python -c "from pipeline.data.convert.parse import parse_block; print(parse_block(b'1,2\\n'))"
+
+Fast path: one multi-threaded ``pyarrow.csv`` parse of a whole block straight to float32
+and numpy checks of the values. Only a block that fails it is re-read line by line
+(:func:`parse_block`'s slow path) to say which lines are bad and why; the good lines are
+parsed by pyarrow again, so values always come from the same (correctly rounding) parser.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from pipeline.core import schema
+from pipeline.data.convert.errors import MARK, ConvertError
+
+# Kinds of bad rows, in the order they are checked.
+BAD_KINDS: tuple[str, ...] = ("columns", "non_numeric", "non_finite", "label")
+GZIP_MAGIC = b"\x1f\x8b"
+_BAD_TEXT_CHARS = 200
+_MAX_LINE_BYTES = 64 << 20
+
+
+def _read_options(use_threads: bool = True) -> Any:
+    import pyarrow.csv as pacsv
+
+    return pacsv.ReadOptions(column_names=list(schema.CSV_COLUMNS), use_threads=use_threads,
+                             block_size=4 << 20)
+
+
+def _convert_options() -> Any:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    # Straight to float32 (correctly rounded from the decimal text); no null markers, so an
+    # empty or "NA" field is a parse error and lands in the slow path as non-numeric.
+    return pacsv.ConvertOptions(column_types={c: pa.float32() for c in schema.CSV_COLUMNS},
+                                null_values=[], strings_can_be_null=False,
+                                quoted_strings_can_be_null=False)
+
+
+def _parse_csv(text: bytes, use_threads: bool = True) -> np.ndarray:
+    """Parse newline-terminated CSV rows into float32 [n, 29]; raises pyarrow errors."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    table = pacsv.read_csv(pa.py_buffer(text), read_options=_read_options(use_threads),
+                           convert_options=_convert_options())
+    out = np.empty((table.num_rows, len(schema.CSV_COLUMNS)), dtype=np.float32)
+    for j, column in enumerate(table.columns):
+        out[:, j] = column.to_numpy()
+    return out
+
+
+def _value_checks(values: np.ndarray) -> np.ndarray:
+    """Per row: '' if good, else the kind ('non_finite' or 'label')."""
+    kinds = np.full(values.shape[0], "", dtype=object)
+    finite = np.isfinite(values).all(axis=1)
+    kinds[~finite] = "non_finite"
+    label = values[:, 0]
+    kinds[finite & (label != 0) & (label != 1)] = "label"
+    return kinds
+
+
+def parse_block(text: bytes, lines: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """Parse newline-terminated HIGGS lines, separating bad rows.
+
+    Fast path: one multi-threaded pyarrow parse of the whole block and numpy checks. Only if
+    pyarrow fails or skips lines (blank lines) is the block re-read line by line to find
+    which lines are bad and why; the good lines are then parsed by pyarrow again, so values
+    always come from the same (correctly rounding) parser.
+
+    Args:
+        text: complete lines, each ending in ``\\n``.
+        lines: the number of lines in ``text`` if already known.
+
+    Returns:
+        ``(labels float32 [k], features float32 [k, 28], bad)`` where ``bad`` lists
+        ``(line index in the block, kind)`` with kind in :data:`BAD_KINDS`.
+    """
+    import pyarrow as pa
+
+    if lines is None:
+        lines = text.count(b"\n")
+    good_index: np.ndarray | None = None
+    bad: list[tuple[int, str]] = []
+    try:
+        values = _parse_csv(text)
+        if values.shape[0] != lines:
+            raise ValueError("row count differs from line count")  # blank lines were skipped
+    except (pa.ArrowInvalid, ValueError):
+        values, good_index, bad = _parse_slow(text)
+    kinds = _value_checks(values)
+    keep = kinds == ""
+    if not keep.all():
+        index = good_index if good_index is not None else np.arange(values.shape[0])
+        bad.extend((int(index[i]), str(kinds[i])) for i in np.flatnonzero(~keep))
+        bad.sort()
+        values = values[keep]
+    labels = np.ascontiguousarray(values[:, 0])
+    labels[labels == 0] = 0.0  # a "-0" label is background; store the canonical +0.0
+    return labels, values[:, 1:], bad
+
+
+def _parse_slow(text: bytes) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """Line-by-line classification of a block the fast parser rejected."""
+    import pyarrow as pa
+
+    width = len(schema.CSV_COLUMNS)
+    bad: list[tuple[int, str]] = []
+    good: list[int] = []
+    split_lines = text.split(b"\n")[:-1]
+    for i, line in enumerate(split_lines):
+        fields = line.split(b",")
+        if len(fields) != width:
+            bad.append((i, "columns"))
+            continue
+        try:
+            for tok in fields:
+                float(tok)
+        except ValueError:
+            bad.append((i, "non_numeric"))
+            continue
+        good.append(i)
+    try:
+        values = _parse_csv(b"".join(split_lines[i] + b"\n" for i in good))
+    except pa.ArrowInvalid:
+        # Python's float() accepts a token pyarrow does not (e.g. "1_0"): find them one by one.
+        keep, rows = [], []
+        for i in good:
+            try:
+                rows.append(_parse_csv(split_lines[i] + b"\n", use_threads=False))
+                keep.append(i)
+            except pa.ArrowInvalid:
+                bad.append((i, "non_numeric"))
+        good = keep
+        values = np.concatenate(rows) if rows else np.empty((0, width), np.float32)
+    return values, np.asarray(good, dtype=np.int64), bad
+
+
+def parse_with_snippets(text: bytes, lines: int
+                        ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str, str]]]:
+    """:func:`parse_block`, plus the (truncated) text of each bad line for the report.
+
+    Args:
+        text: complete lines, each ending in ``\\n``.
+        lines: the number of lines in ``text``.
+
+    Returns:
+        ``(labels, features, bad)`` as :func:`parse_block`, with ``bad`` entries
+        ``(line index in the block, kind, the line's first 200 characters)``.
+    """
+    labels, features, bad = parse_block(text, lines)
+    if not bad:
+        return labels, features, []
+    split_lines = text.split(b"\n")
+    return labels, features, [
+        (i, kind, split_lines[i][:_BAD_TEXT_CHARS].decode("utf-8", "replace")) for i, kind in bad
+    ]
+
+
+# --- reading: a source part → text blocks of whole lines ---------------------------------
+
+
+def isal_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a corrupt or truncated gzip stream raises while it is read."""
+    from isal.igzip_lib import IsalError
+
+    return (EOFError, OSError, IsalError)
+
+
+@contextlib.contextmanager
+def open_text(files: Any, path: str) -> Iterator[BinaryIO]:
+    """Open a part as a binary stream of CSV text (gunzipped by ISA-L in its own thread)."""
+    from isal import igzip_threaded
+
+    with files.open_read(path) as raw:  # the gzip reader does not close a file it was handed
+        magic = raw.read(2)
+        raw.seek(0)
+        if magic != GZIP_MAGIC:
+            yield raw
+            return
+        # The decompressor thread runs ahead of the parser (ISA-L releases the GIL).
+        with igzip_threaded.open(raw, "rb", threads=1) as stream:
+            yield stream
+
+
+def iter_text_blocks(stream: BinaryIO, block_bytes: int) -> Iterator[tuple[int, int, bytes]]:
+    """Cut a text stream into blocks of whole lines.
+
+    Args:
+        stream: binary stream of CSV text.
+        block_bytes: approximate block size in bytes.
+
+    Yields:
+        ``(index of the block's first line, number of lines, text)``, text ending in ``\\n``
+        (one is added to a last line without it).
+    """
+    line0 = 0
+    rest = b""
+    while True:
+        data = stream.read(block_bytes)
+        if not data:
+            break
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            rest += data
+            if len(rest) > _MAX_LINE_BYTES:
+                raise ConvertError(f"{MARK}a line of the source is longer than "
+                                   f"{_MAX_LINE_BYTES >> 20} MB: not a HIGGS CSV file")
+            continue
+        # One copy per block: the carried-over partial line plus this read up to its last newline.
+        block = rest + memoryview(data)[:cut] if rest else data[:cut]
+        rest = data[cut:]
+        lines = block.count(b"\n")
+        yield line0, lines, block
+        line0 += lines
+    if rest:
+        yield line0, rest.count(b"\n") + 1, rest + b"\n"

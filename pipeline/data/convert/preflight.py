@@ -1,0 +1,97 @@
+"""Source checks before anything runs: missing, empty, corrupt, binary or headed files.
+
+    .venv/bin/pytest tests/test_convert.py -q -k file_errors
+
+Each problem a user can fix ends in one :class:`~pipeline.data.convert.errors.ConvertError`
+line on the driver, before a Beam pipeline (or a Dataflow job) is started.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from pipeline.core import storage
+from pipeline.data.convert.errors import ConvertError
+from pipeline.data.convert.files import Files
+from pipeline.data.convert.parse import GZIP_MAGIC, isal_errors, open_text
+
+_SAMPLE_BYTES = 1 << 16
+
+
+def expand_source(files: Files, source: str) -> list[str]:
+    """Return the source's files: the one path, or a glob's matches in name order.
+
+    Args:
+        files: storage handle.
+        source: local path or ``gs://`` URI, or a glob of parts.
+
+    Returns:
+        The part paths, sorted.
+
+    Raises:
+        ConvertError: a URL scheme other than gs://, no match, or a missing file.
+    """
+    if re.match(r"^[a-z][a-z0-9+.-]*://", source) and not storage.is_gcs(source):
+        raise ConvertError(f"cannot read {source} directly: convert takes a local path or gs:// "
+                           "URI (resolve https sources with pipeline.data.source.resolve first)")
+    if any(c in source for c in "*?["):
+        # pipeline.data.source keeps sha256 sidecars next to sources: never read those as parts.
+        parts = [p for p in files.glob(source) if not p.endswith(".sha256")]
+        if not parts:
+            raise ConvertError(f"no source files match {source}; check the pattern")
+        return parts
+    if storage.is_gcs(source):
+        storage.split_gcs(source)  # a bucket is required
+    if not files.exists(source):
+        raise ConvertError(f"source {source} not found; check the path or create one with "
+                           "'higgs synth --rows N --out FILE.csv.gz'")
+    return [source]
+
+
+def check_part(files: Files, path: str) -> float:
+    """Check one part's first bytes.
+
+    Args:
+        files: storage handle.
+        path: one source file.
+
+    Returns:
+        The mean line length of its first 64 KiB of text, in bytes (sizes the text blocks).
+
+    Raises:
+        ConvertError: not a file, empty, not gzip despite ``.gz``, corrupt gzip, no rows,
+            binary data, or a header line.
+    """
+    if storage.is_gcs(path) or os.path.isfile(path):
+        if files.size(path) == 0:
+            raise ConvertError(f"source {path} is empty (0 bytes); download or generate it again")
+    else:
+        raise ConvertError(f"source {path} is not a file")
+    with files.open_read(path) as raw:
+        magic = raw.read(2)
+    if path.endswith(".gz") and magic != GZIP_MAGIC:
+        raise ConvertError(f"source {path} is not gzip-compressed (it ends in .gz but does not "
+                           "start with the gzip magic bytes); download it again")
+    try:
+        with open_text(files, path) as stream:
+            sample = stream.read(_SAMPLE_BYTES)
+    except isal_errors() as exc:
+        raise ConvertError(f"source {path} is a corrupt or truncated gzip file "
+                           f"({type(exc).__name__}: {exc}); "
+                           "download it again") from None
+    if not sample.strip():
+        raise ConvertError(f"source {path} holds no rows; download or generate it again")
+    if b"\x00" in sample:
+        raise ConvertError(f"source {path} is not CSV text (binary data); expected HIGGS.csv or "
+                           "HIGGS.csv.gz")
+    first = sample.split(b"\n", 1)[0].strip()
+    tokens = first.split(b",")
+    if any(re.search(rb"[A-DF-Za-df-z_]", t) and t.strip().lower() not in
+           (b"nan", b"-nan", b"inf", b"-inf", b"+inf", b"infinity", b"-infinity")
+           for t in tokens):
+        raise ConvertError(
+            f"source {path} starts with a header line ({first[:60].decode('utf-8', 'replace')}…); "
+            "HIGGS files have none: remove it (e.g. 'zcat F | tail -n +2 | gzip > G')")
+    lines = sample.count(b"\n")
+    return len(sample) / max(1, lines)
