@@ -3,11 +3,14 @@
     python -c "from pipeline.data import stats, synth; y, x = synth.generate(10000, seed=1); \
 s = stats.SplitStats(); s.add(y, x); print(s.describe()['signal']['m_bb']['histogram'])"
 
-The converter keeps one :class:`SplitStats` per block of rows it parses (in the same pass,
-vectorised numpy) and merges them per split, so statistics never need a second read of the
-data; the accumulator is pure and mergeable in any order and grouping (a block, a shard, a
-worker's share), which is all a parallel converter needs. For each class (background = label
-0, signal = label 1) it holds, per feature:
+The manifest's ``statistics`` section is defined here, between its writer and its reader
+(like :mod:`pipeline.data.records` for the record bytes): the converter
+(:mod:`pipeline.data.convert.stats`) keeps one :class:`SplitStats` per block of rows it parses
+— in the same pass, vectorised numpy — and merges them per split, so statistics never need a
+second read of the data; :mod:`pipeline.data.validate` compares two manifests. No Beam here.
+The accumulator is pure and mergeable in any order and grouping (a block, a shard, a worker's
+share), which is all a parallel converter needs. For each class (background = label 0, signal
+= label 1) it holds, per feature:
 
 * count, mean, M2 (sum of squared deviations), min and max, merged exactly (Chan et al.);
 * a histogram on **fixed bin edges** that depend only on the feature's kind

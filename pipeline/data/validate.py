@@ -364,12 +364,12 @@ def _statistics_problem(manifest: Mapping[str, Any], baseline: Mapping[str, Any]
 # --- reading, writing, enforcing -----------------------------------------------------------
 
 
-def validate(data: str, baseline: str, cfg: ValidateConfig,
+def validate(data: str | dataset.Dataset, baseline: str, cfg: ValidateConfig,
              baseline_run: str | None = None) -> ValidationReport:
     """Compare a dataset with a baseline dataset and write ``DATA/validation.json``.
 
     Args:
-        data: the dataset to check (local or gs://).
+        data: the dataset to check (local or gs://, or an opened ``Dataset``).
         baseline: the dataset to compare with (e.g. the published model's).
         cfg: the ``validate`` thresholds.
         baseline_run: the published run the baseline belongs to (for the messages).
@@ -381,21 +381,21 @@ def validate(data: str, baseline: str, cfg: ValidateConfig,
         ValidationError: the baseline is not a dataset.
         pipeline.data.dataset.DatasetError: ``data`` is not a dataset.
     """
-    manifest = dataset.load_manifest(data, check_features=False)
+    ds = dataset.open_dataset(data)
     try:
         base = dataset.load_manifest(baseline, check_features=False)
     except dataset.DatasetError as exc:
         whose = f"published run {baseline_run}'s training data " if baseline_run else "baseline "
         raise ValidationError(f"{whose}{baseline} cannot be read ({exc}); pass an existing "
                               "dataset with --baseline DATA") from None
-    report = ValidationReport(data=data, baseline=baseline, baseline_run=baseline_run,
-                              checks=tuple(compare(manifest, base, cfg)), thresholds=asdict(cfg))
-    _write(report, manifest, base)
+    report = ValidationReport(data=ds.uri, baseline=baseline, baseline_run=baseline_run,
+                              checks=tuple(compare(ds.manifest, base, cfg)), thresholds=asdict(cfg))
+    _write(report, ds.manifest, base)
     log.log(logging.INFO if report.ok else logging.WARNING, "%s", report.headline())
     return report
 
 
-def skip(data: str, reason: str, cfg: ValidateConfig) -> ValidationReport:
+def skip(data: str | dataset.Dataset, reason: str, cfg: ValidateConfig) -> ValidationReport:
     """Record that ``data`` had nothing to be compared with (``validation.json`` says why).
 
     Args:
@@ -406,9 +406,9 @@ def skip(data: str, reason: str, cfg: ValidateConfig) -> ValidationReport:
     Returns:
         A report with no checks (``ok``, not ``compared``).
     """
-    manifest = dataset.load_manifest(data, check_features=False)
-    report = ValidationReport(data=data, baseline=None, skipped=reason, thresholds=asdict(cfg))
-    _write(report, manifest, None)
+    ds = dataset.open_dataset(data)
+    report = ValidationReport(data=ds.uri, baseline=None, skipped=reason, thresholds=asdict(cfg))
+    _write(report, ds.manifest, None)
     log.info("%s", report.headline())
     return report
 

@@ -30,7 +30,7 @@ import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,8 +38,10 @@ from pipeline.core import rundir
 from pipeline.core.config import Config, EvaluateConfig, to_yaml
 from pipeline.core.errors import PipelineError
 from pipeline.data import dataset
-from pipeline.data.validate import ValidationReport
 from pipeline.evaluation import export, metrics, report
+
+if TYPE_CHECKING:
+    from pipeline.data.validate import ValidationReport
 
 log = logging.getLogger(__name__)
 

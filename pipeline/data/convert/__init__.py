@@ -39,7 +39,8 @@ Modules, one job each:
 * :mod:`.parse` — CSV text blocks → float32 rows, bad rows separated and explained;
 * :mod:`.plan` — the split plan and the shard plan (pure functions);
 * :mod:`.transforms` — the DoFns and the composite ``CsvToTFRecords`` PTransform;
-* :mod:`.stats` — the mergeable moments behind the manifest's feature statistics;
+* :mod:`.stats` — per-block summaries merged into the manifest's statistics (moments and
+  fixed-edge histograms per class, :mod:`pipeline.data.stats`);
 * :mod:`.preflight` — source checks on the driver before anything runs;
 * :mod:`.stage` — staging, reuse of a finished dataset, publish, stale-staging cleanup;
 * :mod:`.run` — :func:`convert`, which wires those steps.

@@ -27,6 +27,7 @@ from pipeline.data import records
 from pipeline.data.convert import stats
 from pipeline.data.convert.errors import ConvertError
 from pipeline.data.convert.files import Files
+from pipeline.data.stats import STATISTICS_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,12 @@ def existing_dataset(files: Files, out: str, fingerprint: dict[str, Any],
         old = None
     same = (old is not None and _identity(old.get("source", {})) == _identity(fingerprint)
             and {k: old.get("options", {}).get(k) for k in wanted} == wanted)
+    if same and (old.get("statistics") or {}).get("version") != STATISTICS_VERSION:
+        # The same records, converted before the manifest carried these statistics: rebuild
+        # (the result is identical but for the statistics, which validation needs).
+        log.info("%s was built from this source without version-%d statistics; rebuilding it",
+                 out, STATISTICS_VERSION)
+        return None
     if same and not overwrite:
         log.info("%s is complete for this source and options; nothing to do", out)
         return old
@@ -203,10 +210,12 @@ def publish(files: Files, out: str, staging: str, result: dict[str, Any],
             f"{first[1]}) exceed --max-bad-rows {data_cfg.max_bad_rows}; see "
             f"{storage.join(bad_dst, BAD_ROWS_FILE)}, fix the source or raise --max-bad-rows")
 
-    # Unpublish first: from here until the new manifest exists, DATA is not a dataset.
+    # Unpublish first: from here until the new manifest exists, DATA is not a dataset (and
+    # an earlier validation of it no longer describes it).
     manifest_path = dataset.manifest_uri(out)
-    if files.exists(manifest_path):
-        files.delete_tree(manifest_path)
+    for stale in (manifest_path, dataset.validation_uri(out)):
+        if files.exists(stale):
+            files.delete_tree(stale)
     for split in schema.SPLITS:
         files.delete_tree(storage.join(out, split))
         files.move_tree(storage.join(staging, split), storage.join(out, split))
@@ -223,7 +232,8 @@ def publish(files: Files, out: str, staging: str, result: dict[str, Any],
             raise ConvertError(f"split {split}: shards hold {rows[split]} records, statistics "
                                f"saw {split_stats['records']}; rerun the conversion")
         signal[split] = split_stats["signal"]
-    moments = stats.Moments.from_dict(result["stats"]["training"]["moments"])
+    feature_stats, statistics = stats.manifest_statistics(
+        {split: d["stats"] for split, d in result["stats"].items()}, bad, plan["total_lines"])
     manifest = {
         "rows": rows,
         "bad_rows": bad,
@@ -240,7 +250,8 @@ def publish(files: Files, out: str, staging: str, result: dict[str, Any],
                   "lines": {s: list(r) for s, r in plan["lines"].items()}},
         "bad_rows_by_kind": result["bad_rows_by_kind"],
         "signal_fraction": {s: (signal[s] / rows[s] if rows[s] else None) for s in schema.SPLITS},
-        "feature_stats": stats.feature_stats(moments),
+        "feature_stats": feature_stats,
+        "statistics": statistics,
         "converter_version": CONVERTER_VERSION,
         "options": {**wanted, "block_rows": data_cfg.block_rows, "block_bytes": block_bytes,
                     "max_bad_rows": data_cfg.max_bad_rows, "beam_args": redact(beam_args)},

@@ -46,7 +46,7 @@ class ParsedBlock:
         labels: float32 [k] of the good rows (0.0/1.0).
         features: float32 [k, 28] of the good rows, in line order.
         bad: ``(line index within the block, kind, text)`` of every bad line.
-        summary: ``{"signal": n, "moments": …}`` of the good rows (:func:`.stats.summarise`).
+        summary: ``{"signal": n, "stats": …}`` of the good rows (:func:`.stats.summarise`).
     """
 
     part: int
@@ -169,15 +169,11 @@ class FinishTask(beam.DoFn):
                 "path": task["path"], "records": written}
 
     def _split_stats(self, task: dict[str, Any]) -> dict[str, Any]:
-        moments = stats.Moments()
-        signal = 0
+        split = stats.SplitStats()
         seen = 0
-        training = task["split"] == "training"  # the manifest's feature stats are training's
         for (path, start, end), summary in zip(task["ranges"], task["summaries"], strict=True):
             if summary is not None:
-                signal += summary["signal"]
-                if training:
-                    moments.merge(stats.Moments.from_dict(summary["moments"]))
+                split.merge(stats.SplitStats.from_dict(summary["stats"]))
                 seen += (end - start) // records.FRAMED_BYTES
                 continue
             with self.files.open_read(path) as f:
@@ -188,15 +184,13 @@ class FinishTask(beam.DoFn):
                                    "rerun the conversion")
             framed = np.frombuffer(data, np.uint8).reshape(-1, records.FRAMED_BYTES)
             feats, labels = records.decode_examples(framed[:, 12:12 + records.EXAMPLE_BYTES])
-            signal += int((labels == 1).sum())
             seen += labels.shape[0]
-            if training:
-                moments.add(feats)
-        if seen != task["records"]:
+            split.add(labels, feats)
+        if seen != task["records"] or split.rows != seen:
             raise ConvertError(f"{MARK}split {task['split']} has {seen} records, planned "
                                f"{task['records']}; rerun the conversion")
-        return {"kind": "stats", "split": task["split"], "records": seen, "signal": signal,
-                "moments": moments.to_dict()}
+        return {"kind": "stats", "split": task["split"], "records": seen, "signal": split.signal,
+                "stats": split.to_dict()}
 
 
 def _plan_tasks(_: Any, pieces: list, parts: list, bad: list, cfg: dict) -> Iterator[dict]:
