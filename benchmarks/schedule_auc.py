@@ -7,7 +7,7 @@ the contract layout with the project's record encoder (or uses ``--data``), then
 ``sample`` preset once per schedule and seed through the real path
 (:func:`pipeline.training.train.run_training`, one device) with the same initial weights, dropout
 and shuffle order per seed. Schedules compared (all on the preset's Adam; peak rate
-``--learning-rate``, default the preset's 1e-3):
+``--learning-rate``, default the sample preset's rate, 1e-2):
 
 * ``constant`` — fixed rate, no ReduceLROnPlateau;
 * ``constant+rlrop`` — the preset default (fixed rate, ReduceLROnPlateau on val_loss);

@@ -154,7 +154,8 @@ def test_a_bad_value_stops_higgs_run_before_any_io(tmp_path: Path) -> None:
     import sys
 
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "--preset", "sample", "--set", "train.mixed_precision=fp8"],
+        [sys.executable, "-m", "pipeline.cli", "run", "--preset", "sample",
+         "--set", "train.mixed_precision=fp8"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

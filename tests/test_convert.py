@@ -21,9 +21,9 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.core import schema
 from pipeline.core.config import load_config
+from pipeline.core.storage import Files
 from pipeline.data import convert, dataset, records, synth
 from pipeline.data.convert import stage, transforms
-from pipeline.data.convert.files import Files
 
 ROWS = 12_000  # the small_dataset fixture: synth seed 7, sample preset shard counts
 
@@ -336,6 +336,7 @@ def _corrupt(path: Path) -> Path:
 
 @pytest.mark.parametrize("kind, expect", [
     ("missing", "not found"),
+    ("directory", "is not a file"),
     ("empty", "is empty"),
     ("empty_gzip", "holds no rows"),
     ("not_gzip", "not gzip-compressed"),
@@ -348,7 +349,9 @@ def test_file_errors_fail_with_one_line_before_publishing(tmp_path: Path, kind: 
                                                           expect: str) -> None:
     src = tmp_path / "src.csv.gz"
     big = "".join(x + "\n" for x in _good_lines(3000)).encode()
-    if kind == "empty":
+    if kind == "directory":
+        src.mkdir()
+    elif kind == "empty":
         src.write_bytes(b"")
     elif kind == "empty_gzip":
         src.write_bytes(gzip.compress(b""))

@@ -23,7 +23,7 @@ from apache_beam.options.pipeline_options import (
 
 from pipeline.cloud import dataflow
 from pipeline.core import storage
-from pipeline.core.config import load_config
+from pipeline.core.config import ConfigError, load_config
 
 IMAGE = "us-central1-docker.pkg.dev/test-project/higgs/higgs:1"
 
@@ -63,12 +63,16 @@ def test_setup_file_packaging_points_at_pyproject():
     (["runtime.gcp_project="], "runtime.gcp_project is empty"),
     (["runtime.temp_location=/tmp/local"], "must be gs://BUCKET/PATH"),
     (["runtime.temp_location=gs://b/tmp"], "must be gs://BUCKET/PATH"),  # bucket too short
-    (["runtime.dataflow_max_workers=0"], "dataflow_max_workers must be ≥ 1"),
 ])
 def test_bad_config_fails_before_beam(overrides, needle):
     with pytest.raises(dataflow.DataflowConfigError) as err:
         dataflow.dataflow_args(_cfg("test-bucket", *overrides))
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_worker_count_fails_when_the_config_is_loaded():
+    with pytest.raises(ConfigError, match=r"runtime\.dataflow_max_workers must be >= 1, got 0"):
+        _cfg("test-bucket", "runtime.dataflow_max_workers=0")
 
 
 def test_beam_validator_rejects_project_number():
@@ -87,8 +91,8 @@ def test_image_packaging_needs_an_image():
 def test_dry_run_builds_the_dataflow_job_for_the_converter(gcs_bucket, tmp_path, packaging):
     from apache_beam import Create
 
+    from pipeline.core.storage import Files
     from pipeline.data import convert
-    from pipeline.data.convert.files import Files
 
     cfg = _cfg(gcs_bucket, f"runtime.image={IMAGE}")
     options = dataflow.pipeline_options(cfg, packaging=packaging, job_name="higgs-convert-dry",

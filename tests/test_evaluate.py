@@ -93,7 +93,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def evaluated(trained):
     cfg, data, run, _arrays, _model = trained
-    result = evaluate.evaluate(cfg, str(data), str(run), publish.published_metrics(str(run.parent / "published")))
+    published = publish.published_metrics(str(run.parent / "published"))
+    result = evaluate.evaluate(cfg, str(data), str(run), published)
     return result, trained
 
 

@@ -192,7 +192,8 @@ def test_flow_sample_run_publishes_and_creates_artifacts(harness, tmp_path, capl
     assert arts[flowmod.ARTIFACT_MODEL]["data"] == f"[{run / 'model'}]({(run / 'model').as_uri()})"
     names: set[str] = set()
     deadline = time.monotonic() + 30  # run logs reach the API in batches
-    while not {"pipeline.training.train", "pipeline.evaluation.evaluate"} <= names and time.monotonic() < deadline:
+    wanted = {"pipeline.training.train", "pipeline.evaluation.evaluate"}
+    while not wanted <= names and time.monotonic() < deadline:
         logs = api(_api_url(), "POST", "/logs/filter",
                    {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200})
         names = {rec["name"] for rec in logs}

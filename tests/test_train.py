@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.config import ConfigError, load_config
-from pipeline.data.dataset import load_manifest
 from pipeline.core.rundir import HISTORY_KEYS
+from pipeline.data.dataset import load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@
 The jobs are ``google.cloud.aiplatform_v1`` objects and the client is the real
 ``JobServiceClient`` talking gRPC to a stand-in JobService on 127.0.0.1 (there is no Vertex AI
 here); the stand-in runs the job's worker pools as local processes with ``TF_CONFIG`` built the
-way Vertex AI builds it (:func:`pipeline.cloud.vertex.run_job_locally`).
+way Vertex AI builds it (``tests/vertex_standin.py``).
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ from conftest import free_port
 from google.cloud import aiplatform_v1
 from google.cloud.aiplatform_v1.services.job_service.transports import JobServiceGrpcTransport
 from google.rpc import status_pb2
+from vertex_standin import POOL_TASK_TYPES, run_job_locally, vertex_tf_configs
 
-from pipeline.cloud import vertex
-from pipeline.core import storage
-from pipeline.core.config import load_config, read_config
+from pipeline.cloud import vertex, vertex_replica
+from pipeline.core import rundir, storage
+from pipeline.core.config import ConfigError, TpuType, choices, load_config, read_config
+from pipeline.training import strategy
 
 CLOUD = ["runtime.gcp_project=test-project", "runtime.gcp_region=us-central1",
          "runtime.image=us-central1-docker.pkg.dev/test-project/higgs/higgs:1",
@@ -56,12 +58,12 @@ def test_multi_worker_job_has_chief_and_worker_pools():
         assert pool.machine_spec.accelerator_type == aiplatform_v1.AcceleratorType.NVIDIA_TESLA_T4
         assert pool.machine_spec.accelerator_count == 2
         assert pool.container_spec.image_uri == cfg.runtime.image
-        assert list(pool.container_spec.command) == ["python", "-m", "pipeline.cloud.vertex"]
-    args = list(pools[0].container_spec.args)
-    assert args[:7] == ["train", "--data", DATA, "--out", RUN, "--preset", "full"]
-    assert "train.strategy=multi_worker" in args
-    assert "runtime.backend=vertex" not in args  # replicas must not submit jobs themselves
-    assert list(pools[1].container_spec.args) == args
+        assert list(pool.container_spec.command) == ["python", "-m", "pipeline.cloud.vertex_replica"]
+    args = ["--config", f"{RUN}/job/config.yaml", "--data", DATA, "--out", RUN]
+    assert [list(p.container_spec.args) for p in pools] == [args, args]
+    replica_cfg = vertex.job_config(cfg)
+    assert replica_cfg.train.strategy == "multi_worker"
+    assert replica_cfg.runtime.backend == "local"  # replicas must not submit jobs themselves
     env = {e.name: e.value for e in pools[0].container_spec.env}
     assert env["GOOGLE_CLOUD_PROJECT"] == "test-project" and env["PYTHONUNBUFFERED"] == "1"
     assert "TF_CONFIG" not in env  # Vertex AI sets it per replica
@@ -73,16 +75,33 @@ def test_multi_worker_job_has_chief_and_worker_pools():
     assert json.loads(vertex.describe(job))["jobSpec"]["workerPoolSpecs"][1]["replicaCount"] == "3"
 
 
-def test_args_reproduce_the_resolved_config_exactly():
+@pytest.mark.gcs
+def test_replicas_read_back_exactly_the_job_config(gcs_bucket):
+    """The YAML written beside the run reads back (from gs://) equal to job_config(cfg)."""
     cfg = _cfg("runtime.worker_count=2", "model.units=64", "train.epsilon=1.0e-08",
                "train.schedule_boundaries=100,200", "train.schedule_values=0.1,0.01,0.001",
                "train.clipnorm=1.5", "evaluate.baseline=false", 'data.source="123"')
-    args = vertex.training_args(cfg, DATA, RUN)
-    overrides = [a for i, a in enumerate(args) if i > 0 and args[i - 1] == "--set"]
-    replica_cfg = load_config(args[args.index("--preset") + 1], overrides=overrides)
+    run = f"gs://{gcs_bucket}/runs/r1"
+    uri = vertex.write_job_config(cfg, run)
+    assert uri == f"{run}/job/config.yaml"
+    job = vertex.build_custom_job(cfg, DATA, run)
+    for pool in job.job_spec.worker_pool_specs:
+        assert list(pool.container_spec.args) == ["--config", uri, "--data", DATA, "--out", run]
+    replica_cfg = read_config(uri)
     assert replica_cfg == vertex.job_config(cfg)
     assert replica_cfg.runtime.backend == "local" and replica_cfg.train.workers == 1
     assert replica_cfg.model.units == 64 and replica_cfg.train.schedule_values == (0.1, 0.01, 0.001)
+    assert replica_cfg.train.epsilon == 1e-08 and replica_cfg.data.source == "123"
+
+
+def test_replica_with_unreadable_config_fails_in_one_line(tmp_path, capsys):
+    missing = tmp_path / "job" / "config.yaml"
+    code = vertex_replica.replica_main(["--config", str(missing), "--data", str(tmp_path / "data"),
+                                        "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("higgs vertex replica: error: cannot read config file") and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(("tpu", "machine", "accel", "count", "topology"), [
@@ -98,24 +117,22 @@ def test_tpu_job_is_one_tpu_vm_with_tpu_strategy(tpu, machine, accel, count, top
     assert pool.machine_spec.accelerator_type == accel
     assert pool.machine_spec.accelerator_count == count
     assert pool.machine_spec.tpu_topology == topology
-    args = list(pool.container_spec.args)
-    assert "train.strategy=tpu" in args and "train.tpu=local" in args
+    replica_cfg = vertex.job_config(_cfg(f"runtime.tpu_type={tpu}"))
+    assert replica_cfg.train.strategy == "tpu" and replica_cfg.train.tpu == "local"
     assert job.labels["kind"] == "tpu"
 
 
 def test_single_replica_job_keeps_configured_strategy():
-    job = vertex.build_custom_job(_cfg("train.strategy=mirrored"), DATA, RUN)
-    (pool,) = job.job_spec.worker_pool_specs
+    cfg = _cfg("train.strategy=mirrored")
+    (pool,) = vertex.build_custom_job(cfg, DATA, RUN).job_spec.worker_pool_specs
     assert pool.replica_count == 1 and pool.machine_spec.machine_type == "n1-standard-8"
-    assert "train.strategy=mirrored" in list(pool.container_spec.args)
+    assert vertex.job_config(cfg).train.strategy == "mirrored"
 
 
 @pytest.mark.parametrize(("overrides", "data", "needle"), [
     (["runtime.image="], DATA, "runtime.image is empty"),
     (["runtime.gcp_project="], DATA, "runtime.gcp_project is empty"),
     ([], "data/full", "--data data/full is not a gs:// location"),
-    (["runtime.tpu_type=v9-1024"], DATA, "runtime.tpu_type='v9-1024' is unknown"),
-    (["runtime.tpu_type=v3-8", "runtime.worker_count=2"], DATA, "exclusive"),
     (["runtime.accelerator_type=NVIDIA_GTX_1080", "runtime.accelerator_count=1"], DATA,
      "not a Vertex AI accelerator"),
 ])
@@ -123,6 +140,19 @@ def test_unusable_config_fails_with_one_line(overrides, data, needle):
     with pytest.raises(vertex.VertexConfigError) as err:
         vertex.build_custom_job(_cfg(*overrides), data, RUN)
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("overrides", "needle"), [
+    (["runtime.tpu_type=v9-1024"], "unknown runtime.tpu_type 'v9-1024'"),
+    (["runtime.tpu_type=v3-8", "runtime.worker_count=2"], "exclusive"),
+])
+def test_job_shape_rules_fail_when_the_config_loads(overrides, needle):
+    """A TPU job that cannot exist is refused at load, before any job is built or written."""
+    with pytest.raises(ConfigError) as err:
+        _cfg(*overrides)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+    # Every TPU type the config admits is one the job builder knows how to ask for.
+    assert set(vertex.TPU_SHAPES) == set(choices(TpuType)) - {""}
 
 
 def test_missing_credentials_is_one_clear_line(monkeypatch, tmp_path):
@@ -134,18 +164,21 @@ def test_missing_credentials_is_one_clear_line(monkeypatch, tmp_path):
 def test_vertex_tf_config_matches_vertex_layout():
     job = vertex.build_custom_job(_cfg("runtime.worker_count=3"), DATA, RUN)
     addrs = [["workerpool0-0:2222"], ["workerpool1-0:2222", "workerpool1-1:2222"]]
-    configs = vertex.vertex_tf_configs(job, addrs)
+    configs = vertex_tf_configs(job, addrs)
     worker1 = json.loads(configs[1][1])
     assert worker1["cluster"] == {"chief": addrs[0], "worker": addrs[1]}
     assert worker1["task"] == {"type": "worker", "index": 1}
     assert json.loads(configs[0][0])["task"] == {"type": "chief", "index": 0}
+    # Only the chief of pool 0 uploads the run: worker 0 is not the chief when a chief exists.
+    chiefs = [[strategy.is_chief_task(json.loads(c)) for c in pool] for pool in configs]
+    assert chiefs == [[True], [False, False]]
 
 
 # --- submitting and following: real client, stand-in JobService over gRPC ------------------
 
 
 class LocalJobService:
-    """A JobService on 127.0.0.1 that runs each created CustomJob with run_job_locally."""
+    """A JobService on 127.0.0.1 that runs each created CustomJob with vertex_standin.run_job_locally."""
 
     SERVICE = "google.cloud.aiplatform.v1.JobService"
 
@@ -195,7 +228,7 @@ class LocalJobService:
             local = aiplatform_v1.CustomJob(job)
             for pool in local.job_spec.worker_pool_specs:
                 pool.container_spec.args = [self.arg_map.get(a, a) for a in pool.container_spec.args]
-        replicas = vertex.run_job_locally(local, env=self.env, timeout=240)
+        replicas = run_job_locally(local, env=self.env, timeout=240)
         with self.lock:
             for r in replicas:
                 self.logs.setdefault(name, []).extend(
@@ -205,7 +238,7 @@ class LocalJobService:
                 # Vertex AI reports the first failing replica like this (code 3 = INVALID_ARGUMENT).
                 r = failed[0]
                 pool, index = r.task.split("-")
-                pool_no = vertex.POOL_TASK_TYPES.index(pool)
+                pool_no = POOL_TASK_TYPES.index(pool)
                 job.error = status_pb2.Status(code=3, message=(
                     f"The replica workerpool{pool_no}-{index} exited with a non-zero status of "
                     f"{r.returncode}."))
@@ -283,9 +316,10 @@ def test_multi_worker_job_trains_in_the_local_standin(small_dataset, gcs_emulato
                                                       job_service, tmp_path):
     """The generated 2-replica job, run as chief + worker on 127.0.0.1, trains and comes back.
 
-    run_training_vertex → JobServiceClient → stand-in JobService → 2 processes with Vertex-style
-    TF_CONFIG running the job's own command and args → the chief uploads the run to gs://
-    (emulator) → run_training_vertex copies it to the local run directory.
+    run_training_vertex writes the job's config to gs:// (emulator) → JobServiceClient → stand-in
+    JobService → 2 processes with Vertex-style TF_CONFIG running the job's own command and args,
+    each reading that config → the chief uploads the run to gs:// → run_training_vertex copies
+    it to the local run directory.
     """
     cfg = _cfg("runtime.worker_count=2", f"runtime.staging_location=gs://{gcs_bucket}/staging",
                *TINY, preset="sample")
@@ -301,8 +335,12 @@ def test_multi_worker_job_trains_in_the_local_standin(small_dataset, gcs_emulato
                                         echo=lines.append)
 
     text = "\n".join(lines)
-    assert result.state == "JOB_STATE_SUCCEEDED", text[-3000:]
-    assert result.remote_run_dir == f"gs://{gcs_bucket}/staging/vertex-runs/standin"
+    remote = f"gs://{gcs_bucket}/staging/vertex-runs/standin"
+    assert result.job is not None and result.job["state"] == "JOB_STATE_SUCCEEDED", text[-3000:]
+    assert result.job["remote_run_dir"] == remote
+    assert result.job["name"] == "projects/test-project/locations/us-central1/customJobs/1"
+    assert result.job["console_url"] == vertex.console_url(result.job["name"])
+    assert read_config(rundir.job_config_path(remote)) == vertex.job_config(cfg)
     assert "[chief-0]" in text and "[worker-0]" in text
     # Both processes ran one synchronous MultiWorkerMirroredStrategy: the same final weights.
     digests = {task: re.search(r"weights_sha256=([0-9a-f]{64})", "\n".join(
@@ -310,9 +348,9 @@ def test_multi_worker_job_trains_in_the_local_standin(small_dataset, gcs_emulato
     assert all(digests.values()), text[-3000:]
     assert digests["chief-0"].group(1) == digests["worker-0"].group(1)
     # The chief's run directory went to gs:// and came back to the local run directory.
-    assert {"config.yaml", "history.json", "model/model.keras"} <= set(
-        storage.list_files(result.remote_run_dir))
-    assert (run_dir / "model" / "model.keras").is_file()
+    assert {"config.yaml", "history.json", "model/model.keras"} <= set(storage.list_files(remote))
+    assert result.run_dir == str(run_dir) and Path(result.model_path).is_file()
+    assert result.model_path == rundir.model_path(run_dir)
     assert result.epochs == 1 and 0 < result.best_val_auc <= 1
     trained = read_config(run_dir / "config.yaml")
     assert trained.train.strategy == "multi_worker" and trained.model.units == 16
@@ -329,10 +367,10 @@ def test_job_json_examples_are_current():
         assert json.loads(vertex.describe(job)) == example["job"], path.name
 
 
-def test_run_training_with_vertex_backend_goes_to_vertex():
+def test_train_with_vertex_backend_goes_to_vertex():
     """`higgs train` with runtime.backend=vertex reaches the Vertex path (its config check)."""
-    from pipeline.training import train
+    from pipeline import backends
 
     cfg = load_config("sample", overrides=["runtime.backend=vertex"])
     with pytest.raises(vertex.VertexConfigError, match=r"runtime\.gcp_project is empty"):
-        train.run_training(cfg, "gs://b/data", "gs://b/runs/r1")
+        backends.train(cfg, "gs://b/data", "gs://b/runs/r1")

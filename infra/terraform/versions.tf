@@ -1,4 +1,4 @@
-# Google Cloud resources of the HIGGS pipeline (README.md §Run on Google Cloud, step 3).
+# Google Cloud resources of the HIGGS pipeline (docs/cloud.md, step 2).
 #
 #   cd infra/terraform
 #   terraform init

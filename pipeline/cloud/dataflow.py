@@ -36,7 +36,7 @@ from pipeline.core import storage
 from pipeline.core.config import Config, require_runtime
 from pipeline.core.errors import PipelineError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: pipeline/cloud/ is two levels down
 
 
 class DataflowConfigError(PipelineError):
@@ -95,9 +95,6 @@ def dataflow_args(
             raise DataflowConfigError(
                 f"runtime.{key}={value!r} must be gs://BUCKET/PATH (a bucket of 3–63 characters "
                 "and a folder), e.g. gs://my-bucket/tmp")
-    if rt.dataflow_max_workers < 1:
-        raise DataflowConfigError(
-            f"runtime.dataflow_max_workers must be ≥ 1, got {rt.dataflow_max_workers}")
     args = [
         "--runner=DataflowRunner",
         f"--project={rt.gcp_project}",
@@ -209,7 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from pipeline.core.config import load_config
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline.cloud.dataflow", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.cloud.dataflow",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="full")
     parser.add_argument("--config", default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[])

@@ -1,19 +1,18 @@
 """Training on Vertex AI: build a CustomJob from the config, submit it, follow it.
 
-    python -c "from pipeline.core.config import load_config; from pipeline import vertex; \
+    python -c "from pipeline.core.config import load_config; from pipeline.cloud import vertex; \
 print(vertex.describe(vertex.build_custom_job(load_config('full', overrides=[ \
 'runtime.gcp_project=my-project', 'runtime.gcp_region=us-central1', \
 'runtime.image=us-central1-docker.pkg.dev/my-project/higgs/higgs:1', 'runtime.worker_count=4']), \
 'gs://my-bucket/data/full', 'gs://my-bucket/runs/r1')))"
 
-The job runs the project's own image (``infra/Dockerfile``) with the arguments
-``train --data gs://… --out gs://… --preset P --set …`` of the ``higgs`` CLI a user runs locally,
-with every config value that differs from the preset passed as ``--set`` so the replicas train
-exactly the resolved config. The command is ``python -m pipeline.cloud.vertex`` (:func:`replica_main`):
-it runs those ``higgs`` arguments, training into a local directory when ``--out`` is ``gs://``
-(``pipeline.training.train`` writes local run directories), and the chief then uploads the run directory
-to ``gs://``; a restarted job first downloads ``checkpoints/`` to resume. Three shapes, chosen
-from ``cfg.runtime``:
+This module is the submitting side. The job runs the project's own image (``infra/Dockerfile``);
+every replica runs ``python -m pipeline.cloud.vertex_replica --config gs://…/RUN/job/config.yaml
+--data gs://… --out gs://…/RUN`` (:mod:`pipeline.cloud.vertex_replica`, which trains and, on the
+chief, uploads the run directory to ``gs://``). The config reaches the replicas one way:
+:func:`run_training_vertex` writes the resolved job config (:func:`job_config`) as YAML to
+``RUN/job/config.yaml`` before it submits the job, and every replica reads that file back.
+Three shapes, chosen from ``cfg.runtime``:
 
 * ``tpu_type`` set (``v3-8``, ``v5e-4`` …): one TPU VM replica, ``train.strategy=tpu`` with
   ``train.tpu=local`` (a Vertex TPU VM has its TPU attached to the VM itself).
@@ -25,44 +24,34 @@ from ``cfg.runtime``:
 The objects are ``google.cloud.aiplatform_v1`` request types (``CustomJob``, ``CustomJobSpec``,
 ``WorkerPoolSpec``, ``MachineSpec``, ``ContainerSpec``), so what the tests check is what the
 service receives. Credentials are Application Default Credentials, looked up only when a job is
-submitted (:func:`job_client`). :func:`run_job_locally` runs a job's worker pools as local
-processes with ``TF_CONFIG`` built the way Vertex AI builds it — the stand-in used by the tests.
+submitted (:func:`job_client`). The tests run a job's worker pools as local processes with
+``TF_CONFIG`` built the way Vertex AI builds it (``tests/vertex_standin.py``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
-import json
 import logging
-import os
-import shutil
-import subprocess
-import sys
 import time
 import typing
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core import storage
-from pipeline.core.config import Config, load_config, require_runtime
+from pipeline.core import rundir, storage
+from pipeline.core.config import Config, merge, require_runtime, to_yaml
 from pipeline.core.errors import PipelineError
-from pipeline.core.ports import free_ports
+from pipeline.core.rundir import TrainResult
 
 if typing.TYPE_CHECKING:  # the client library is imported lazily (it is large)
     from google.cloud import aiplatform_v1
 
 log = logging.getLogger(__name__)
 
-# Vertex AI's TF_CONFIG names worker pools 0..3 like this (pool 0 is the "primary replica").
-POOL_TASK_TYPES = ("chief", "worker", "ps", "evaluator")
-# Port Vertex AI gives every replica in CLUSTER_SPEC / TF_CONFIG addresses ("workerpool0-0:2222").
-VERTEX_PORT = 2222
 DEFAULT_TIMEOUT = datetime.timedelta(hours=24)
-# Every replica runs `python -m pipeline.cloud.vertex <higgs args>` (see replica_main).
-REPLICA_COMMAND = ("python", "-m", "pipeline.cloud.vertex")
+# Every replica runs `python -m pipeline.cloud.vertex_replica --config … --data … --out …`.
+REPLICA_COMMAND = ("python", "-m", "pipeline.cloud.vertex_replica")
 TERMINAL_OK = "JOB_STATE_SUCCEEDED"
 TERMINAL_FAILED = ("JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED")
 
@@ -103,55 +92,12 @@ def job_kind(cfg: Config) -> str:
     return "multi_worker" if cfg.runtime.worker_count > 1 else "single"
 
 
-def config_overrides(cfg: Config) -> list[str]:
-    """Return ``section.key=value`` strings that turn ``load_config(cfg.preset)`` into ``cfg``.
-
-    Values are written as YAML scalars (``yaml.safe_dump``) so :func:`load_config` reads them
-    back to the same types (``1e-07`` alone would be read as a string by YAML 1.1).
-
-    Args:
-        cfg: the resolved config.
-
-    Returns:
-        Overrides in section/field order; empty when ``cfg`` equals its preset.
-    """
-    import yaml
-
-    base = load_config(cfg.preset)
-    out = []
-    for section in ("data", "model", "train", "evaluate", "runtime"):
-        mine, theirs = getattr(cfg, section), getattr(base, section)
-        for f in dataclasses.fields(mine):
-            value = getattr(mine, f.name)
-            if value == getattr(theirs, f.name):
-                continue
-            if isinstance(value, tuple):
-                text = ",".join(_scalar(v, yaml) for v in value)
-            else:
-                text = _scalar(value, yaml)
-            out.append(f"{section}.{f.name}={text}")
-    return out
-
-
-def _scalar(value: Any, yaml: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, str):
-        # Quote only when YAML would read the bare text as something else (e.g. "1", "true").
-        bare = yaml.safe_load(value) if value.strip() else ""
-        return value if bare == value else json.dumps(value)
-    text = yaml.safe_dump(value, default_flow_style=True)
-    return text.split("\n", 1)[0].removesuffix(" ...").strip()
-
-
 def job_config(cfg: Config) -> Config:
     """Return the config the replicas train with: local backend and the job's strategy.
 
     Inside the job nothing may submit another job (``backend=local``) or start local worker
     processes (``train.workers=1``): Vertex AI already started the replicas.
     """
-    from pipeline.core.config import merge
-
     kind = job_kind(cfg)
     train: dict[str, Any] = {"workers": 1}
     if kind == "tpu":
@@ -161,21 +107,33 @@ def job_config(cfg: Config) -> Config:
     return merge(cfg, {"runtime": {"backend": "local"}, "train": train})
 
 
-def training_args(cfg: Config, data: str, run_dir: str) -> list[str]:
-    """Return the ``higgs`` arguments every replica runs: ``train --data … --out … --set …``.
+def replica_args(data: str, run_dir: str) -> list[str]:
+    """Return the arguments of every replica (:func:`pipeline.cloud.vertex_replica.replica_main`).
 
     Args:
-        cfg: the resolved config (``runtime.*`` decides the job shape).
         data: the dataset directory (``gs://`` in the cloud).
         run_dir: the run directory the chief writes (``gs://`` in the cloud).
 
     Returns:
-        Arguments after the ``higgs`` command.
+        ``["--config", RUN/job/config.yaml, "--data", data, "--out", run_dir]``; the config file
+        is written by :func:`write_job_config`.
     """
-    args = ["train", "--data", data, "--out", run_dir, "--preset", cfg.preset]
-    for item in config_overrides(job_config(cfg)):
-        args += ["--set", item]
-    return args
+    return ["--config", rundir.job_config_path(run_dir), "--data", data, "--out", run_dir]
+
+
+def write_job_config(cfg: Config, run_dir: str) -> str:
+    """Write the config the replicas train with (:func:`job_config`) to ``RUN/job/config.yaml``.
+
+    Args:
+        cfg: the resolved config.
+        run_dir: the job's run directory (local or ``gs://``).
+
+    Returns:
+        The location written, the ``--config`` of :func:`replica_args`.
+    """
+    uri = rundir.job_config_path(run_dir)
+    storage.write_text(uri, to_yaml(job_config(cfg)))
+    return uri
 
 
 def _machine_spec(cfg: Config) -> aiplatform_v1.MachineSpec:
@@ -199,9 +157,12 @@ def _machine_spec(cfg: Config) -> aiplatform_v1.MachineSpec:
 def validate(cfg: Config, data: str, run_dir: str) -> None:
     """Check that ``cfg`` can become a Vertex AI job; raise one line naming the fix.
 
+    The config's own rules (TPU type, TPU with several workers, counts) were checked when it was
+    loaded (:func:`pipeline.core.config.validate`); this adds what only a Vertex AI job needs.
+
     Raises:
-        VertexConfigError: missing project/region/image, non-gs:// paths, unknown TPU or
-            accelerator type, or a TPU asked together with several workers.
+        VertexConfigError: missing project/region/image, non-gs:// paths, or an accelerator
+            type Vertex AI does not offer.
     """
     from google.cloud import aiplatform_v1
 
@@ -212,22 +173,11 @@ def validate(cfg: Config, data: str, run_dir: str) -> None:
             raise VertexConfigError(
                 f"{name} {uri} is not a gs:// location; Vertex AI replicas cannot read this "
                 f"machine's disk — use gs://BUCKET/…")
-    if rt.tpu_type and rt.tpu_type not in TPU_SHAPES:
-        raise VertexConfigError(
-            f"runtime.tpu_type={rt.tpu_type!r} is unknown; choose one of: {', '.join(TPU_SHAPES)}")
-    if rt.tpu_type and rt.worker_count > 1:
-        raise VertexConfigError(
-            "runtime.tpu_type and runtime.worker_count > 1 are exclusive: a TPU job is one TPU VM; "
-            "set runtime.worker_count=1")
-    if rt.worker_count < 1:
-        raise VertexConfigError(f"runtime.worker_count must be at least 1, got {rt.worker_count}")
     known = [a.name for a in aiplatform_v1.AcceleratorType if a.value]
     if rt.accelerator_type and rt.accelerator_type not in known:
         raise VertexConfigError(
             f"runtime.accelerator_type={rt.accelerator_type!r} is not a Vertex AI accelerator; "
             f"choose one of: {', '.join(k for k in known if not k.startswith('TPU'))}")
-    if rt.accelerator_type and rt.accelerator_count < 1:
-        raise VertexConfigError("runtime.accelerator_count must be ≥ 1 when accelerator_type is set")
 
 
 def build_custom_job(
@@ -261,7 +211,7 @@ def build_custom_job(
     container = aiplatform_v1.ContainerSpec(
         image_uri=rt.image,
         command=list(REPLICA_COMMAND),
-        args=training_args(cfg, data, run_dir),
+        args=replica_args(data, run_dir),
         env=[aiplatform_v1.EnvVar(name=k, value=v) for k, v in _job_env(cfg).items()],
     )
     machine = _machine_spec(cfg)
@@ -454,33 +404,6 @@ def submit_and_follow(
         time.sleep(poll_seconds)
 
 
-@dataclass(frozen=True)
-class VertexRun:
-    """What a Vertex AI training run produced (the attributes of ``pipeline.training.train.TrainResult``).
-
-    Attributes:
-        run_dir: the run directory the caller asked for (local or gs://).
-        model_path: ``run_dir/model/model.keras``.
-        epochs: epochs run, from ``history.json``.
-        best_val_auc: best validation AUC in ``history.json`` (nan if none).
-        history: the content of ``history.json``.
-        job_name: ``projects/P/locations/R/customJobs/ID``.
-        state: the final job state name.
-        console_url: the job's Cloud console page.
-        remote_run_dir: where the job wrote the run (gs://).
-    """
-
-    run_dir: str
-    model_path: str
-    epochs: int
-    best_val_auc: float
-    history: dict[str, Any]
-    job_name: str
-    state: str
-    console_url: str
-    remote_run_dir: str
-
-
 def remote_run_dir(cfg: Config, run_dir: str) -> str:
     """Return where the job writes ``run_dir``: itself if gs://, else under the staging bucket.
 
@@ -498,12 +421,13 @@ def remote_run_dir(cfg: Config, run_dir: str) -> str:
     return storage.join(base, "vertex-runs", Path(run_dir).name)
 
 
-def run_training_vertex(cfg: Config, data: str, run_dir: str, **follow: Any) -> VertexRun:
+def run_training_vertex(cfg: Config, data: str, run_dir: str, **follow: Any) -> TrainResult:
     """Train ``cfg`` on Vertex AI (the entry when ``cfg.runtime.backend == "vertex"``).
 
-    Builds the job, submits it with :func:`submit_and_follow` and returns when it succeeded.
-    The chief writes the run directory to gs:// (``config.yaml``, ``model/``, ``logs/``,
-    ``checkpoints/``, ``history.json``); when ``run_dir`` is local it is written under
+    Builds the job, writes the replicas' config to ``REMOTE_RUN/job/config.yaml``, submits the
+    job with :func:`submit_and_follow` and returns when it succeeded. The chief writes the run
+    directory to gs:// (``config.yaml``, ``model/``, ``logs/``, ``checkpoints/``,
+    ``history.json``); when ``run_dir`` is local it is written under
     ``runtime.staging_location/vertex-runs/`` and copied to ``run_dir`` afterwards, so
     evaluation and publishing work on it as on a local run.
 
@@ -514,158 +438,33 @@ def run_training_vertex(cfg: Config, data: str, run_dir: str, **follow: Any) -> 
         **follow: passed to :func:`submit_and_follow` (``client``, ``poll_seconds`` …).
 
     Returns:
-        :class:`VertexRun` with the ``TrainResult`` attributes plus the job's name and state.
-    """
-    import math
+        The run's :class:`~pipeline.core.rundir.TrainResult`; its ``job`` holds the job's
+        ``name``, final ``state``, ``console_url`` and ``remote_run_dir`` (where the job wrote the run).
 
+    Raises:
+        VertexConfigError: see :func:`validate` and :func:`remote_run_dir`.
+        VertexJobError: the job failed, or it succeeded without leaving a finished run.
+    """
     remote = remote_run_dir(cfg, run_dir)
-    job = build_custom_job(cfg, data, remote)
+    job = build_custom_job(cfg, data, remote)  # validates before anything is written
+    write_job_config(cfg, remote)
     done = submit_and_follow(job, project=cfg.runtime.gcp_project, region=cfg.runtime.gcp_region,
                              **follow)
     if remote != run_dir:
-        n = _copy_tree(remote, run_dir)
+        n = copy_tree(remote, run_dir)
         log.info("copied %d files of the run from %s to %s", n, remote, run_dir)
-    history_uri = storage.join(run_dir, "history.json")
-    if not storage.exists(history_uri):
-        raise VertexJobError(f"Vertex AI job {done.name} succeeded but {history_uri} is missing")
-    history = json.loads(storage.read_text(history_uri))
-    aucs = [v for v in history.get("val_auc", []) if v is not None and not math.isnan(v)]
-    return VertexRun(run_dir, storage.join(run_dir, "model", "model.keras"),
-                     len(history.get("epoch", [])), max(aucs) if aucs else float("nan"), history,
-                     done.name, done.state.name, console_url(done.name), remote)
-
-
-# --- the local stand-in: a job's worker pools as processes on 127.0.0.1 ---------------------
-
-
-def vertex_tf_configs(job: aiplatform_v1.CustomJob, addresses: Sequence[Sequence[str]]) -> list[list[str]]:
-    """Return ``TF_CONFIG`` JSON for every replica, built the way Vertex AI builds it.
-
-    Vertex AI maps worker pool 0..3 to the TensorFlow task types chief, worker, ps, evaluator;
-    ``cluster`` lists every pool's replica addresses except the evaluator's, and ``task`` names
-    the replica's own type and index; ``environment`` is ``"cloud"``
-    (sources: README.md §Run on Google Cloud).
-
-    Args:
-        job: the CustomJob.
-        addresses: for each worker pool, one ``host:port`` per replica.
-
-    Returns:
-        ``configs[pool][replica]`` — the JSON string for that replica.
-    """
-    pools = list(job.job_spec.worker_pool_specs)
-    if len(addresses) != len(pools):
-        raise ValueError(f"{len(pools)} worker pools but {len(addresses)} address lists")
-    cluster = {}
-    for i, (pool, addrs) in enumerate(zip(pools, addresses, strict=True)):
-        if len(addrs) != pool.replica_count:
-            raise ValueError(f"worker pool {i} has {pool.replica_count} replicas, "
-                             f"got {len(addrs)} addresses")
-        if POOL_TASK_TYPES[i] != "evaluator":
-            cluster[POOL_TASK_TYPES[i]] = list(addrs)
-    return [[json.dumps({"cluster": cluster, "task": {"type": POOL_TASK_TYPES[i], "index": r},
-                         "environment": "cloud", "job": {"display_name": job.display_name}})
-             for r in range(len(addrs))] for i, addrs in enumerate(addresses)]
-
-
-@dataclass(frozen=True)
-class LocalReplica:
-    """One finished replica of :func:`run_job_locally`."""
-
-    task: str  # e.g. "chief-0", "worker-1"
-    returncode: int
-    output: str
-
-
-def run_job_locally(
-    job: aiplatform_v1.CustomJob,
-    *,
-    env: dict[str, str] | None = None,
-    timeout: float = 600.0,
-) -> list[LocalReplica]:
-    """Run every replica of ``job`` as a local process with Vertex-style ``TF_CONFIG``.
-
-    Each replica runs its pool's ``command + args`` (``higgs`` resolved next to this Python
-    when it is not on ``PATH``) with the container's env plus ``TF_CONFIG`` whose addresses are
-    free ports on 127.0.0.1 — what Vertex AI does on separate VMs with ``workerpoolN-R:2222``.
-
-    Args:
-        job: the CustomJob (the image is ignored: this machine's environment is used).
-        env: extra environment for every replica (e.g. ``STORAGE_EMULATOR_HOST``).
-        timeout: seconds before all replicas are killed.
-
-    Returns:
-        One :class:`LocalReplica` per replica, chief first.
-
-    Raises:
-        VertexJobError: a replica did not finish within ``timeout``.
-    """
-    pools = list(job.job_spec.worker_pool_specs)
-    # All ports chosen while their sockets are held, so no two replicas get the same one.
-    ports = iter(free_ports(sum(p.replica_count for p in pools)))
-    addresses = [[f"127.0.0.1:{next(ports)}" for _ in range(p.replica_count)] for p in pools]
-    configs = vertex_tf_configs(job, addresses)
-    procs: list[tuple[str, subprocess.Popen, Any]] = []
+    info = {"name": done.name, "state": done.state.name, "console_url": console_url(done.name),
+            "remote_run_dir": remote}
     try:
-        for i, pool in enumerate(pools):
-            command = list(pool.container_spec.command) + list(pool.container_spec.args)
-            command[0] = _resolve(command[0])
-            for r in range(pool.replica_count):
-                child_env = {**os.environ, **{e.name: e.value for e in pool.container_spec.env},
-                             **(env or {}), "TF_CONFIG": configs[i][r]}
-                out = _tempfile()
-                proc = subprocess.Popen(command, env=child_env, stdout=out, stderr=subprocess.STDOUT)
-                procs.append((f"{POOL_TASK_TYPES[i]}-{r}", proc, out))
-        deadline = time.monotonic() + timeout
-        results = []
-        for task, proc, out in procs:
-            try:
-                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                raise VertexJobError(f"local stand-in replica {task} still running after "
-                                     f"{timeout:.0f}s") from None
-            out.seek(0)
-            results.append(LocalReplica(task, proc.returncode, out.read().decode(errors="replace")))
-        return results
-    finally:
-        for _task, proc, out in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            out.close()
+        return TrainResult.from_run_dir(run_dir, job=info)
+    except rundir.RunDirError:
+        raise VertexJobError(
+            f"Vertex AI job {done.name} succeeded but {run_dir} has no {rundir.HISTORY} or "
+            f"{rundir.MODEL_DIR}/{rundir.MODEL_FILE}; see the chief's log: {info['console_url']}"
+        ) from None
 
 
-def _resolve(exe: str) -> str:
-    if exe == "python":  # the image's interpreter is the project's; here it is this one
-        return sys.executable
-    found = shutil.which(exe)
-    if found:
-        return found
-    beside = Path(sys.executable).with_name(exe)
-    return str(beside) if beside.exists() else exe
-
-
-def _tempfile() -> Any:
-    import tempfile
-
-    return tempfile.TemporaryFile()
-
-
-# --- what each replica runs ----------------------------------------------------------------
-
-
-def _is_chief() -> bool:
-    """True without ``TF_CONFIG`` (one replica) or when this replica's task is the chief."""
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
-        return True
-    task = json.loads(raw).get("task", {})
-    return task.get("type") in ("chief", "master") or (
-        task.get("type") == "worker" and task.get("index") == 0
-        and "chief" not in json.loads(raw).get("cluster", {}))
-
-
-def _copy_tree(src: str, dst: str) -> int:
+def copy_tree(src: str, dst: str) -> int:
     """Copy every file under ``src`` to ``dst`` (local ↔ gs://); return the file count."""
     files = storage.list_files(src)
     for rel in files:
@@ -676,45 +475,3 @@ def _copy_tree(src: str, dst: str) -> int:
             Path(target).parent.mkdir(parents=True, exist_ok=True)
             Path(target).write_bytes(storage.read_bytes(source))
     return len(files)
-
-
-def replica_main(argv: Sequence[str]) -> int:
-    """Run one replica of a Vertex AI job: ``higgs`` with a gs:// ``--out`` made local.
-
-    ``pipeline.training.train`` writes a local run directory, so with ``--out gs://…`` the replica
-    trains into ``$HIGGS_LOCAL_RUN`` (default ``/tmp/higgs-run``) — after downloading an
-    earlier attempt's ``checkpoints/`` so a restarted job resumes — and the chief uploads the
-    finished run directory to the ``gs://`` location. Other ``--out`` values run unchanged.
-
-    Args:
-        argv: ``higgs`` arguments, e.g. ``train --data gs://… --out gs://… --set …``.
-
-    Returns:
-        The exit code of the ``higgs`` command (2 when the upload fails).
-    """
-    from pipeline import cli
-
-    args = list(argv)
-    remote = args[args.index("--out") + 1] if "--out" in args[:-1] else ""
-    if not storage.is_gcs(remote):
-        return cli.main(args)
-    local = Path(os.environ.get("HIGGS_LOCAL_RUN", "/tmp/higgs-run"))
-    checkpoints = storage.join(remote, "checkpoints")
-    if storage.list_files(checkpoints):
-        n = _copy_tree(checkpoints, str(local / "checkpoints"))
-        log.info("resuming: downloaded %d checkpoint files from %s", n, checkpoints)
-    args[args.index("--out") + 1] = str(local)
-    code = cli.main(args)
-    if code == 0 and _is_chief():
-        try:
-            n = _copy_tree(str(local), remote)
-        except PipelineError as exc:
-            print(f"higgs: error: uploading {local} to {remote} failed: {exc}", file=sys.stderr)
-            return 2
-        print(f"uploaded {n} files of the run directory to {remote}")
-    return code
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.exit(replica_main(sys.argv[1:]))

@@ -205,7 +205,7 @@ def require_runtime(cfg: Config, keys: typing.Iterable[str], needed_by: str,
     for key in keys:
         if not getattr(cfg.runtime, key):
             raise error(f"runtime.{key} is empty; {needed_by} needs it — set it in your cloud config "
-                        f"(README.md §Run on Google Cloud), e.g. --set runtime.{key}=…")
+                        f"(docs/cloud.md), e.g. --set runtime.{key}=…")
 
 
 

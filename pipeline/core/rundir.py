@@ -14,6 +14,7 @@ Layout (local or gs://; every other module asks this one for a path)::
     RUN/report/metrics.json          auc, auc_ci95, accuracy, log_loss, test_rows, ...
     RUN/report/blessing.json         the blessing decision
     RUN/report/report.md             the readable report (plus *.png)
+    RUN/job/config.yaml              a Vertex AI job's input: the config its replicas read
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ REPORT_DIR = "report"
 METRICS_FILE = "metrics.json"
 BLESSING_FILE = "blessing.json"
 REPORT_FILE = "report.md"
+JOB_DIR = "job"
 
 # history.json keys (the evaluation report plots them); extra keys may follow.
 HISTORY_KEYS = ("epoch", "loss", "auc", "accuracy", "val_loss", "val_auc", "val_accuracy", "lr")
@@ -112,6 +114,11 @@ def blessing_path(run: str | Path) -> str:
 def report_path(run: str | Path) -> str:
     """``RUN/report/report.md``."""
     return storage.join(str(run), REPORT_DIR, REPORT_FILE)
+
+
+def job_config_path(run: str | Path) -> str:
+    """``RUN/job/config.yaml`` (written before a Vertex AI job is submitted; its replicas read it)."""
+    return storage.join(str(run), JOB_DIR, CONFIG)
 
 
 # --- history.json -----------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Every other module (the Beam writer, the tf.data reader, the model, the generator and
 the tests) imports names from here instead of spelling them again.
 
-    python -c "from pipeline import schema; print(len(schema.FEATURES), schema.FEATURES[:3])"
+    python -c "from pipeline.core import schema; print(len(schema.FEATURES), schema.FEATURES[:3])"
 
 Source rows are ``label, 28 features`` in the UCI order, no header; label 1.0 is signal.
 One ``tf.train.Example`` per event carries ``features`` (bytes: ``tf.io.serialize_tensor``

@@ -1,23 +1,35 @@
-"""Local and ``gs://`` storage behind one small API.
+"""Local and ``gs://`` storage behind one small API: the only module that touches either.
 
-    python -c "from pipeline import storage; print(storage.exists('gs://my-bucket/runs/latest.json'))"
+    python -c "from pipeline.core import storage; print(storage.list_files('pipeline/core'))"
 
 ``gs://`` goes through google-cloud-storage, which uses Application Default Credentials in
 the cloud and honours ``STORAGE_EMULATOR_HOST`` (then no credentials are needed). Nothing
-is contacted at import time; the client is created on first use.
+is contacted at import time; the client is created on first use, once per process.
+:class:`Files` is the whole API (streaming reads and writes, byte ranges, listing, globbing,
+tree moves and deletes); the module-level functions are a default handle's methods, and
+Beam DoFns carry a :class:`Files` of their own (it pickles without a client).
+
+``exists`` means *a file or object is there*; a directory (or a gs:// prefix with objects
+under it) is not a file: list it with :func:`list_files` / :func:`list_paths`.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import fnmatch
 import functools
+import glob as globlib
 import hashlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from pipeline.core.errors import PipelineError
+
+STREAM_CHUNK_BYTES = 16 << 20  # per request when streaming gs:// objects (Beam's GcsIO default)
 
 
 class StorageError(PipelineError):
@@ -50,9 +62,14 @@ def join(base: str, *parts: str) -> str:
     return str(Path(base, *parts))
 
 
-@functools.lru_cache(maxsize=1)
-def gcs_client():
-    """Return a cached ``google.cloud.storage.Client`` (anonymous against an emulator).
+@functools.lru_cache(maxsize=2)
+def gcs_client(anonymous: bool = False):
+    """Return this process's cached ``google.cloud.storage.Client``.
+
+    Args:
+        anonymous: an unauthenticated client (public buckets) instead of Application
+            Default Credentials. Against ``STORAGE_EMULATOR_HOST`` the client is always
+            anonymous.
 
     Raises:
         StorageError: when no credentials are found outside an emulator.
@@ -64,6 +81,8 @@ def gcs_client():
 
         return gcs.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "test"),
                           credentials=AnonymousCredentials())
+    if anonymous:
+        return gcs.Client.create_anonymous_client()
     try:
         return gcs.Client()
     except Exception as exc:  # google.auth raises several types; all mean "no usable login"
@@ -74,32 +93,243 @@ def gcs_client():
         ) from None
 
 
-def exists(uri: str) -> bool:
-    """True if a file (or gs:// object) exists at ``uri``."""
-    if is_gcs(uri):
-        bucket, name = split_gcs(uri)
-        return gcs_client().bucket(bucket).blob(name).exists()
-    return Path(uri).is_file()
+@dataclasses.dataclass(frozen=True)
+class Files:
+    """Streaming open/read/write/list/move/delete for local paths and ``gs://`` objects.
 
+    One handle is the whole storage layer: the module-level functions (:func:`exists`,
+    :func:`read_bytes` …) are the methods of the default handle. Beam DoFns keep a handle
+    of their own; it holds no client (only the ``anonymous`` flag), so pickling one never
+    ships a live connection, and each worker process creates its client on first use
+    (:func:`gcs_client`).
 
-def read_bytes(uri: str) -> bytes:
-    """Read a whole file or gs:// object.
-
-    Raises:
-        FileNotFoundError: if it does not exist (message names ``uri``).
+    Attributes:
+        anonymous: use an unauthenticated client for gs:// (``--no_auth``: public buckets)
+            instead of looking up Application Default Credentials, which probes the
+            metadata server (and waits) when there are none. Against an emulator every
+            client is anonymous.
     """
-    if is_gcs(uri):
-        from google.api_core import exceptions
 
+    anonymous: bool = False
+
+    def client(self) -> Any:
+        """The process's ``google.cloud.storage.Client`` for this handle."""
+        return gcs_client(self.anonymous)
+
+    def _blob(self, uri: str) -> Any:
         bucket, name = split_gcs(uri)
+        return self.client().bucket(bucket).blob(name)
+
+    def _stat(self, uri: str) -> Any:
+        """The object's metadata; raises FileNotFoundError naming ``uri`` when it is missing."""
+        bucket, name = split_gcs(uri)
+        blob = self.client().bucket(bucket).get_blob(name)
+        if blob is None:
+            raise FileNotFoundError(f"no such object: {uri}")
+        return blob
+
+    def exists(self, uri: str) -> bool:
+        """True if a file (or gs:// object) exists at ``uri``; a directory is not a file."""
+        if is_gcs(uri):
+            return bool(self._blob(uri).exists())
+        return Path(uri).is_file()
+
+    def size(self, uri: str) -> int:
+        """Size in bytes of a file or gs:// object (FileNotFoundError when missing)."""
+        if is_gcs(uri):
+            return int(self._stat(uri).size)
+        return os.path.getsize(uri)
+
+    def read_bytes(self, uri: str) -> bytes:
+        """Read a whole file or gs:// object.
+
+        Raises:
+            FileNotFoundError: if it does not exist (message names ``uri``).
+        """
+        if is_gcs(uri):
+            from google.api_core import exceptions
+
+            try:
+                return self._blob(uri).download_as_bytes()
+            except exceptions.NotFound:
+                raise FileNotFoundError(f"no such object: {uri}") from None
         try:
-            return gcs_client().bucket(bucket).blob(name).download_as_bytes()
-        except exceptions.NotFound:
-            raise FileNotFoundError(f"no such object: {uri}") from None
-    try:
-        return Path(uri).read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no such file: {uri}") from None
+            return Path(uri).read_bytes()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no such file: {uri}") from None
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        """Write ``data`` to a file (atomically, via a temporary name) or a gs:// object."""
+        if is_gcs(uri):
+            self._blob(uri).upload_from_string(data)
+            return
+        path = Path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    def open_read(self, uri: str, chunk_size: int = STREAM_CHUNK_BYTES) -> BinaryIO:
+        """Open a file or gs:// object for streaming, seekable reads.
+
+        Args:
+            uri: local path or ``gs://bucket/object``.
+            chunk_size: bytes fetched per HTTP range request (gs:// only).
+
+        Returns:
+            A binary file object; gs:// objects are read as stored (no decompressive
+            transcoding of ``Content-Encoding: gzip`` objects, as Beam's GcsIO reads them).
+
+        Raises:
+            FileNotFoundError: if it does not exist.
+        """
+        if is_gcs(uri):
+            return self._stat(uri).open("rb", chunk_size=chunk_size, raw_download=True)
+        return open(uri, "rb")
+
+    def open_write(self, uri: str) -> BinaryIO:
+        """Open a file (parent directories created) or gs:// object for streaming writes.
+
+        A gs:// object is uploaded in resumable 16 MiB chunks and appears when the file
+        is closed; ``flush()`` is a no-op there.
+        """
+        if is_gcs(uri):
+            return self._blob(uri).open("wb", chunk_size=STREAM_CHUNK_BYTES, ignore_flush=True,
+                                        content_type="application/octet-stream")
+        os.makedirs(os.path.dirname(uri) or ".", exist_ok=True)
+        return open(uri, "wb")
+
+    def read_range(self, uri: str, start: int, end: int) -> bytes:
+        """Return bytes ``[start, end)`` of a file or object (fewer if it ends before ``end``)."""
+        with self.open_read(uri) as src:
+            src.seek(start)
+            return src.read(end - start)
+
+    def copy_range(self, uri: str, start: int, end: int, out: BinaryIO) -> int:
+        """Append bytes ``[start, end)`` of ``uri`` to the open file ``out``.
+
+        Local to local uses ``os.copy_file_range`` (the kernel copies; no round trip
+        through Python buffers); otherwise the range is read and written.
+
+        Returns:
+            The number of bytes copied (less than ``end - start`` if ``uri`` is shorter).
+        """
+        try:
+            fd = None if is_gcs(uri) or not hasattr(os, "copy_file_range") else out.fileno()
+        except (AttributeError, OSError):  # not a real local file (e.g. a gs:// writer)
+            fd = None
+        if fd is None:
+            data = self.read_range(uri, start, end)
+            out.write(data)
+            return len(data)
+        out.flush()  # keep the file position in step with earlier buffered writes
+        with open(uri, "rb") as src:
+            offset = start
+            try:
+                while offset < end:
+                    done = os.copy_file_range(src.fileno(), fd, end - offset, offset)
+                    if done == 0:
+                        break
+                    offset += done
+            except OSError:  # e.g. a filesystem without support: copy the rest by hand
+                pass
+            if offset < end:
+                src.seek(offset)
+                offset += out.write(src.read(end - offset))
+        out.seek(0, os.SEEK_END)  # re-sync the buffered writer with the moved fd position
+        return offset - start
+
+    def list_paths(self, prefix: str) -> list[str]:
+        """Full paths of every file whose path starts with ``prefix`` (recursive), sorted.
+
+        ``gs://b/d/`` lists the objects under ``d/``; ``gs://b/d/.staging-`` every object
+        whose name starts so. Local paths follow the same rule over the files on disk.
+        """
+        if is_gcs(prefix):
+            return sorted(p for p in self._gcs_paths(prefix) if not p.endswith("/"))
+        root = prefix if prefix.endswith(os.sep) else os.path.dirname(prefix)
+        found = []
+        for dirpath, _, names in os.walk(root or os.curdir):
+            found.extend(os.path.join(dirpath, n) if root else os.path.relpath(os.path.join(dirpath, n))
+                         for n in names)
+        return sorted(p for p in found if p.startswith(prefix))
+
+    def _gcs_paths(self, prefix: str) -> Iterator[str]:
+        """Every object name under a gs:// prefix (directory markers included), as URIs."""
+        bucket, name = split_gcs(prefix)
+        for blob in self.client().list_blobs(bucket, prefix=name):
+            yield f"gs://{bucket}/{blob.name}"
+
+    def list_files(self, uri: str) -> list[str]:
+        """Return the relative paths of every file under a directory or gs:// prefix, sorted.
+
+        Args:
+            uri: a local directory or ``gs://bucket/prefix``.
+
+        Returns:
+            Paths relative to ``uri`` with ``/`` separators; empty if nothing is there.
+        """
+        if is_gcs(uri):
+            base = uri.rstrip("/") + "/"
+            return [p[len(base):] for p in self.list_paths(base)]
+        root = Path(uri)
+        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+    def glob(self, pattern: str) -> list[str]:
+        """Files matching a glob (``*``, ``?``, ``[…]``), sorted; on gs:// ``*`` also spans ``/``."""
+        if is_gcs(pattern):
+            wild = [pattern.find(c) for c in "*?[" if c in pattern]
+            if not wild:
+                return [pattern] if self.exists(pattern) else []
+            return [p for p in self.list_paths(pattern[:min(wild)])
+                    if fnmatch.fnmatchcase(p, pattern)]
+        return sorted(p for p in globlib.glob(pattern) if os.path.isfile(p))
+
+    def delete_tree(self, uri: str) -> None:
+        """Delete a directory with everything in it, or one file; nothing there is fine.
+
+        On gs:// every object under ``uri/`` is deleted in batches of 100 requests
+        (errors of single deletes, e.g. an object already gone, are ignored).
+        """
+        if is_gcs(uri):
+            paths = list(self._gcs_paths(uri.rstrip("/") + "/"))
+            client = self.client()
+            for i in range(0, len(paths), 100):
+                with client.batch(raise_exception=False):
+                    for path in paths[i:i + 100]:
+                        bucket, name = split_gcs(path)
+                        client.bucket(bucket).delete_blob(name)
+        elif os.path.isdir(uri):
+            shutil.rmtree(uri)
+        elif os.path.exists(uri):
+            os.remove(uri)
+
+    def move_tree(self, src: str, dst: str) -> None:
+        """Move a directory (local: one rename; gs://: server-side copy + delete per object)."""
+        if is_gcs(src):
+            src_dir = src.rstrip("/") + "/"
+            client = self.client()
+            for path in self.list_paths(src_dir):
+                bucket, name = split_gcs(path)
+                to_bucket, to_name = split_gcs(dst.rstrip("/") + "/" + path[len(src_dir):])
+                blob = client.bucket(bucket).blob(name)
+                client.bucket(bucket).copy_blob(blob, client.bucket(to_bucket), to_name)
+                blob.delete()
+        else:
+            os.makedirs(os.path.dirname(dst.rstrip(os.sep)) or ".", exist_ok=True)
+            os.replace(src, dst)
+
+
+# The module-level API: the default handle's methods (ADC credentials; anonymous on an emulator).
+_DEFAULT = Files()
+# reading
+exists, size, read_bytes = _DEFAULT.exists, _DEFAULT.size, _DEFAULT.read_bytes
+open_read, read_range = _DEFAULT.open_read, _DEFAULT.read_range
+# writing
+write_bytes, open_write, copy_range = _DEFAULT.write_bytes, _DEFAULT.open_write, _DEFAULT.copy_range
+# trees
+list_files, list_paths, glob = _DEFAULT.list_files, _DEFAULT.list_paths, _DEFAULT.glob
+delete_tree, move_tree = _DEFAULT.delete_tree, _DEFAULT.move_tree
 
 
 def read_text(uri: str) -> str:
@@ -107,27 +337,14 @@ def read_text(uri: str) -> str:
     return read_bytes(uri).decode("utf-8")
 
 
-def write_bytes(uri: str, data: bytes) -> None:
-    """Write ``data`` to a file (atomically, via a temporary name) or a gs:// object."""
-    if is_gcs(uri):
-        bucket, name = split_gcs(uri)
-        gcs_client().bucket(bucket).blob(name).upload_from_string(data)
-        return
-    path = Path(uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_text(uri: str, text: str) -> None:
     """Write UTF-8 text with :func:`write_bytes`."""
     write_bytes(uri, text.encode("utf-8"))
 
 
-# --- listing, checksums and verified uploads (used by pipeline.publish.store) --------------------
+# --- checksums and verified uploads (used by pipeline.publish.store and pipeline.data.source) ------
 
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 8 << 20  # read size of the checksum helpers
 
 
 class ChecksumMismatchError(StorageError):
@@ -144,6 +361,31 @@ class Checksums:
     crc32c: str
 
 
+def _digest_file(path: str | Path, *digests: Any) -> int:
+    """Read a local file once in chunks, feeding each chunk to every digest; return its size."""
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK_BYTES):
+            for digest in digests:
+                digest.update(chunk)
+            size += len(chunk)
+    return size
+
+
+def file_sha256(path: str | Path) -> str:
+    """Return the hex sha256 of a local file (read once in chunks; no other digests).
+
+    Args:
+        path: a local file.
+
+    Returns:
+        64 lowercase hex digits, as ``sha256sum`` prints them.
+    """
+    sha = hashlib.sha256()
+    _digest_file(path, sha)
+    return sha.hexdigest()
+
+
 def file_checksums(path: str | Path) -> Checksums:
     """Read a local file once in chunks and return its size, sha256, md5 and crc32c.
 
@@ -156,33 +398,10 @@ def file_checksums(path: str | Path) -> Checksums:
     """
     import google_crc32c
 
-    sha, md5, crc, size = hashlib.sha256(), hashlib.md5(), google_crc32c.Checksum(), 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK_BYTES):
-            sha.update(chunk)
-            md5.update(chunk)
-            crc.update(chunk)
-            size += len(chunk)
+    sha, md5, crc = hashlib.sha256(), hashlib.md5(), google_crc32c.Checksum()
+    size = _digest_file(path, sha, md5, crc)
     return Checksums(size, sha.hexdigest(), base64.b64encode(md5.digest()).decode(),
                      base64.b64encode(crc.digest()).decode())
-
-
-def list_files(uri: str) -> list[str]:
-    """Return the relative paths of every file under a directory or gs:// prefix, sorted.
-
-    Args:
-        uri: a local directory or ``gs://bucket/prefix``.
-
-    Returns:
-        Paths relative to ``uri`` with ``/`` separators; empty if nothing is there.
-    """
-    if is_gcs(uri):
-        bucket, prefix = split_gcs(uri)
-        prefix = prefix.rstrip("/") + "/" if prefix else ""
-        return sorted(b.name[len(prefix):] for b in gcs_client().list_blobs(bucket, prefix=prefix)
-                      if not b.name.endswith("/"))
-    root = Path(uri)
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
 
 def transient_retry(timeout: float = 120.0, initial: float = 1.0):

@@ -1,6 +1,6 @@
 """A converted dataset: ``DATA/manifest.json`` and the shard files it lists.
 
-    python -c "from pipeline.data.dataset import open_dataset; print(open_dataset('data/sample').rows('test'))"
+    python -c "from pipeline.data.dataset import open_dataset as o; print(o('data/sample').rows('test'))"
 
 A directory without a manifest is not a dataset: the converter writes ``manifest.json``
 last, so its presence means every shard it lists is complete. Shard paths in the

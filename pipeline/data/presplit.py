@@ -17,7 +17,7 @@ rows) is unchanged. ``_presplit.json`` is written last; a rerun for the same sou
 (``pipeline.data.source.fingerprint``) reuses the parts. gzip headers carry mtime 0, so the same
 source always gives byte-identical parts (and the converter's own reuse check holds).
 
-Scaling model (measured figures: ``benchmarks/presplit.py``; README.md §Run on Google Cloud): with N rows, a
+Scaling model (measured figures: ``benchmarks/presplit.py``; docs/cloud.md): with N rows, a
 sequential split rate ``r_split`` and a per-worker conversion rate ``r_w``,
 ``T(W) ≈ N/r_split + N/(min(W, P)·r_w) + T_plan``, against ``N/r_w`` for the single ``.gz`` — so
 the speed-up ``≈ 1 / (r_w/r_split + 1/min(W, P))`` is capped at ``r_split/r_w`` by the one
@@ -32,19 +32,19 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from pipeline.core import storage
 from pipeline.core.errors import PipelineError
+from pipeline.data import textblocks
 
 log = logging.getLogger(__name__)
 
 PART_PATTERN = "part-*.csv.gz"
 MARKER = "_presplit.json"
-_GZIP_MAGIC = b"\x1f\x8b"
 
 
 class PresplitError(PipelineError):
@@ -76,69 +76,13 @@ class PresplitResult:
 
 def _open_source(source: str) -> tuple[BinaryIO, int]:
     """Return (raw byte stream, compressed size) of a local file or gs:// object."""
-    if storage.is_gcs(source):
-        bucket, name = storage.split_gcs(source)
-        blob = storage.gcs_client().bucket(bucket).get_blob(name)
-        if blob is None:
-            raise PresplitError(f"source {source} not found; check the bucket and object name")
-        # Large chunks: one HTTP range request per 64 MiB instead of the 40 MiB default.
-        return blob.open("rb", chunk_size=64 << 20), int(blob.size)
-    path = Path(source)
-    if not path.is_file():
-        raise PresplitError(f"source {source} not found; check the path")
-    return open(path, "rb"), path.stat().st_size
-
-
-def _text_chunks(raw: BinaryIO, gzipped: bool, chunk: int) -> Iterator[tuple[bytes, int]]:
-    """Yield (text, compressed bytes read so far) — ISA-L gunzip, several members allowed.
-
-    Feeding the decompressor fixed-size chunks ourselves keeps the compressed position exact
-    to a chunk (a file object's read-ahead would blur it).
-    """
-    from isal import isal_zlib
-
-    pos = 0
-    decomp = isal_zlib.decompressobj(wbits=31)
-    fed = False  # the current gzip member has received input
-    while True:
-        data = raw.read(chunk)
-        if not data:
-            if gzipped and fed and not decomp.eof:
-                raise EOFError("compressed file ended before the end-of-stream marker")
-            return
-        pos += len(data)
-        if not gzipped:
-            yield data, pos
-            continue
-        while data:
-            fed = True
-            text = decomp.decompress(data)
-            if text:
-                yield text, pos
-            if not decomp.eof:
-                break
-            data = decomp.unused_data  # the next member starts here
-            decomp = isal_zlib.decompressobj(wbits=31)
-            fed = False
-
-
-def _line_blocks(chunks: Iterator[tuple[bytes, int]], block_bytes: int) -> Iterator[tuple[bytes, int]]:
-    """Regroup text into blocks of whole lines (≥ ``block_bytes``) with the position at their end."""
-    carry, buf, n, pos = b"", [], 0, 0
-    for data, pos in chunks:
-        buf.append(data)
-        n += len(data)
-        if n < block_bytes:
-            continue
-        joined = carry + b"".join(buf)
-        buf, n = [], 0
-        cut = joined.rfind(b"\n") + 1
-        carry = joined[cut:]
-        if cut:
-            yield joined[:cut], pos
-    joined = carry + b"".join(buf)
-    if joined:
-        yield (joined if joined.endswith(b"\n") else joined + b"\n"), pos
+    try:
+        size = storage.size(source)
+        # Large chunks: one HTTP range request per 64 MiB (the sequential pass reads it all).
+        return storage.open_read(source, chunk_size=64 << 20), size
+    except (FileNotFoundError, IsADirectoryError):
+        raise PresplitError(f"source {source} not found; check the path or the bucket and "
+                            "object name") from None
 
 
 def _write_part(uri: str, blocks: list[bytes], level: int) -> tuple[int, int]:
@@ -148,13 +92,7 @@ def _write_part(uri: str, blocks: list[bytes], level: int) -> tuple[int, int]:
     data = b"".join(blocks)
     lines = data.count(b"\n")
     packed = igzip.compress(data, compresslevel=level, mtime=0)
-    if storage.is_gcs(uri):
-        storage.write_bytes(uri, packed)
-    else:
-        Path(uri).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(uri + ".tmp")
-        tmp.write_bytes(packed)
-        os.replace(tmp, uri)
+    storage.write_bytes(uri, packed)  # local files via a temporary name: no half-written part
     return lines, len(packed)
 
 
@@ -196,8 +134,6 @@ def presplit(
     Raises:
         PresplitError: missing source, bad arguments, or a source that is not gzip/text.
     """
-    from isal import isal_zlib
-
     from pipeline.data import source as source_mod
 
     if parts < 1:
@@ -221,12 +157,10 @@ def presplit(
     written: list[dict[str, Any]] = []
     pending: list[tuple[str, concurrent.futures.Future]] = []
     try:
-        gzipped = raw.read(2) == _GZIP_MAGIC
-        raw.seek(0)
         # Cuts fall between blocks: keep blocks (and the chunks fed to the decompressor) well
         # below a part, so small sources split evenly too.
         per_part = max(1.0, size / parts)
-        chunks = _text_chunks(raw, gzipped, int(min(256 << 10, max(16 << 10, per_part / 16))))
+        chunks = textblocks.decompressed_chunks(raw, int(min(256 << 10, max(16 << 10, per_part / 16))))
         with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
             current: list[bytes] = []
             index = 0
@@ -239,7 +173,8 @@ def presplit(
                 while len(pending) > threads:  # bounded memory: wait for the oldest part
                     _collect(pending.pop(0), written)
 
-            for block, pos in _line_blocks(chunks, int(min(block_bytes, max(64 << 10, per_part / 4)))):
+            blocks = textblocks.line_blocks(chunks, int(min(block_bytes, max(64 << 10, per_part / 4))))
+            for block, pos in blocks:
                 current.append(block)
                 # Cut where the *compressed* input crosses the next 1/parts of its size: the
                 # compression ratio is even across the file, so parts get about equal rows, and
@@ -250,7 +185,7 @@ def presplit(
                 flush()
             while pending:
                 _collect(pending.pop(0), written)
-    except (OSError, EOFError, isal_zlib.error) as exc:
+    except (*textblocks.gzip_errors(), textblocks.LineTooLongError) as exc:
         raise PresplitError(f"cannot read {source} as gzip/CSV text: {exc}") from None
     finally:
         raw.close()
@@ -291,7 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m pipeline.data.presplit SOURCE OUT --parts N``; prints the glob to convert."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline.data.presplit", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.data.presplit",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("source")
     parser.add_argument("out")
     parser.add_argument("--parts", type=int, required=True)

@@ -1,6 +1,6 @@
 """Example/TFRecord encoding (numpy, for the Beam writer) and decoding (TensorFlow, for readers).
 
-    python -c "import numpy as np; from pipeline import records; \
+    python -c "import numpy as np; from pipeline.data import records; \
 print(records.encode_examples(np.zeros((2, 28), np.float32), np.ones(2, np.float32)).shape)"
 
 Every record is a ``tf.train.Example`` with ``features`` (bytes: ``tf.io.serialize_tensor`` of a

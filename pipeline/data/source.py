@@ -2,7 +2,7 @@
 
     higgs fetch --preset full        # download the UCI file (resumes, verifies) into data/sources/
     higgs fetch --preset sample      # generate the embedded sample with pipeline.data.synth
-    python -c "from pipeline import source; print(source.fingerprint('data/sources/HIGGS.csv.gz'))"
+    python -c "from pipeline.data import source; print(source.fingerprint('data/sources/HIGGS.csv.gz'))"
 
 A source is one of:
 
@@ -23,7 +23,6 @@ import time.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import json
 import logging
@@ -40,7 +39,6 @@ from pipeline.core import storage
 from pipeline.core.config import DataConfig
 from pipeline.core.errors import PipelineError
 
-_HASH_BLOCK = 8 << 20
 _DOWNLOAD_BLOCK = 1 << 20
 _SIDECAR_SUFFIX = ".sha256"
 _PART_SUFFIX = ".part"
@@ -231,7 +229,7 @@ def download(
             continue
         break
     _verify(url, part, expected_bytes or (total or 0), sha256)
-    digest = _sha256_file(part)
+    digest = storage.file_sha256(part)
     if sha256 and digest != sha256:
         part.unlink(missing_ok=True)
         raise SourceError(
@@ -379,14 +377,6 @@ def _check_gcs(uri: str) -> None:
     _gcs_blob(uri)
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + _SIDECAR_SUFFIX)
 
@@ -400,7 +390,7 @@ def _sha256_cached(path: Path) -> str:
             return str(meta["sha256"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    digest = _sha256_file(path)
+    digest = storage.file_sha256(path)
     _write_sidecar(path, digest)
     return digest
 

@@ -1,7 +1,7 @@
 """A physics-motivated generator of HIGGS-like events: the embedded default data.
 
     higgs synth --rows 100000 --seed 1 --out data/sources/sample.csv.gz
-    python -c "from pipeline import synth; y, x = synth.generate(1000, seed=1); print(x.shape, y.mean())"
+    python -c "from pipeline.data import synth; y, x = synth.generate(1000, seed=1); print(x.shape, y.mean())"
 
 It writes the UCI ``HIGGS.csv.gz`` layout (no header, ``label, 28 features``; see
 :mod:`pipeline.core.schema`) so every path of the pipeline runs offline. Everything is vectorized

@@ -53,19 +53,15 @@ def read_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         VariantError: the file is missing or holds rows the converter would reject.
     """
-    from isal import igzip
-
-    from pipeline.data.convert import iter_text_blocks, parse_block
+    from pipeline.data import textblocks
+    from pipeline.data.convert import parse_block
 
     path = Path(path)
     if not path.is_file():
         raise VariantError(f"source {path} not found; generate one with 'higgs synth --rows N --out {path}'")
-    with open(path, "rb") as f:
-        gzipped = f.read(2) == b"\x1f\x8b"
-    opener = igzip.open if gzipped else open
     labels, features = [], []
-    with opener(path, "rb") as stream:
-        for line0, lines, text in iter_text_blocks(stream, _BLOCK_BYTES):
+    with open(path, "rb") as raw, textblocks.open_text(raw) as stream:
+        for line0, lines, text in textblocks.iter_text_blocks(stream, _BLOCK_BYTES):
             y, x, bad = parse_block(text, lines)
             if bad:
                 line, kind = bad[0]

@@ -1,7 +1,8 @@
 """The physicists' reference: gradient-boosted decision trees (LightGBM, histogram method).
 
-    python -c "import numpy as np; from pipeline import baseline; from pipeline.core.config import \
-load_config; x=np.random.rand(2000,28).astype('f4'); y=(x[:,0]>.5).astype('f4'); \
+    python -c "import numpy as np; from pipeline.evaluation import baseline; \
+from pipeline.core.config import load_config; x=np.random.rand(2000,28).astype('f4'); \
+y=(x[:,0]>.5).astype('f4'); \
 print(baseline.fit(x, y, load_config('sample').evaluate).trees)"
 
 A BDT on the same 28 features is what the deep model has to beat (Baldi et al. 2014 compare

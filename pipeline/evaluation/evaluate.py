@@ -1,7 +1,8 @@
 """Evaluate a trained run on the whole test split and write ``RUN/report/``.
 
     higgs evaluate --data data/sample --run runs/try
-    python -c "from pipeline.core.config import load_config; from pipeline.evaluation.evaluate import evaluate; \
+    python -c "from pipeline.core.config import load_config; \
+from pipeline.evaluation.evaluate import evaluate; \
 print(evaluate(load_config('sample'), 'data/sample', 'runs/try')['auc'])"
 
 One pass over the test shards in batches (memory bounded by the batch, plus one float per
@@ -187,7 +188,8 @@ def _read_history(run: Path) -> dict[str, list[float]]:
     try:
         history = rundir.read_history(run)
     except json.JSONDecodeError as exc:
-        raise EvaluateError(f"{rundir.history_path(run)} is not valid JSON ({exc.msg}); re-run training") from None
+        raise EvaluateError(f"{rundir.history_path(run)} is not valid JSON ({exc.msg}); "
+                            "re-run training") from None
     if not history:
         log.warning("%s is missing; the report will have no training curves", rundir.history_path(run))
     return history

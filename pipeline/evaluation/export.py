@@ -1,6 +1,6 @@
 """Export a trained Keras model as a SavedModel for serving, and check the export.
 
-    python -c "from pipeline import export; export.export_run('runs/try')"
+    python -c "from pipeline.evaluation import export; export.export_run('runs/try')"
 
 The SavedModel (``RUN/model/saved_model/``, contract) has one serving signature,
 ``serving_default``: input ``features`` float32 [None, 28] in the UCI column order, output

@@ -1,6 +1,6 @@
 """Exact classifier metrics over every test row, in pure numpy.
 
-    python -c "import numpy as np; from pipeline import metrics; y=np.r_[0,0,1,1]; \
+    python -c "import numpy as np; from pipeline.evaluation import metrics; y=np.r_[0,0,1,1]; \
 print(metrics.roc_auc(y, np.r_[.1,.4,.35,.8]))"
 
 * :func:`roc_auc` — the exact ROC AUC from ranks (ties count one half via midranks),

@@ -1,6 +1,7 @@
 """The tf.data input pipeline: shard files → interleaved reads → shuffle blocks → batch → decode.
 
-    python -c "from pipeline.core.config import load_config; from pipeline.training.inputs import make_dataset; \
+    python -c "from pipeline.core.config import load_config; \
+from pipeline.training.inputs import make_dataset; \
 print(next(iter(make_dataset('data/sample', 'training', load_config('sample'))))[0].shape)"
 
 Records are batched *before* decoding: one ``parse_example`` + ``decode_raw`` call per batch

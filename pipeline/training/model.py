@@ -1,6 +1,7 @@
 """The wide-and-deep classifier for the 28 HIGGS features (a small, pure builder).
 
-    python -c "from pipeline.core.config import load_config; from pipeline.training.model import build_wide_and_deep; \
+    python -c "from pipeline.core.config import load_config; \
+from pipeline.training.model import build_wide_and_deep; \
 build_wide_and_deep(load_config('sample').model).summary()"
 
 Two branches read the same float32 ``features`` [None, 28] input:

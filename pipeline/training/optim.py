@@ -2,7 +2,8 @@
 
     higgs train --data data/sample --out runs/cg --set train.optimizer=cg \\
         --set train.learning_rate=0.99 --set train.cg_lambda=20 --set train.reduce_lr=false
-    python -c "from pipeline.core.config import load_config; from pipeline.training.optim import build_optimizer; \\
+    python -c "from pipeline.core.config import load_config; \
+from pipeline.training.optim import build_optimizer; \\
         print(build_optimizer(load_config('sample').train, 100).get_config())"
 
 Everything here is built from ``TrainConfig`` / ``ModelConfig`` so that every option is
@@ -24,7 +25,6 @@ CLI imports it lazily (only training code paths import it).
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core import rundir
-from pipeline.core.config import Config, ConfigError, TuneConfig, apply_overrides, validate, write_config
+from pipeline.core.config import Config, TuneConfig, apply_overrides, validate, write_config
 from pipeline.core.errors import PipelineError
 
 log = logging.getLogger(__name__)

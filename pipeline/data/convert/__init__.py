@@ -36,7 +36,8 @@ options, passed through untouched.
 
 Modules, one job each:
 
-* :mod:`.parse` — CSV text blocks → float32 rows, bad rows separated and explained;
+* :mod:`.parse` — CSV text blocks (cut by :mod:`pipeline.data.textblocks`) → float32 rows,
+  bad rows separated and explained;
 * :mod:`.plan` — the split plan and the shard plan (pure functions);
 * :mod:`.transforms` — the DoFns and the composite ``CsvToTFRecords`` PTransform;
 * :mod:`.stats` — per-block summaries merged into the manifest's statistics (moments and
@@ -47,11 +48,12 @@ Modules, one job each:
 """
 
 from pipeline.data.convert.errors import ConvertError
-from pipeline.data.convert.parse import BAD_KINDS, iter_text_blocks, parse_block
+from pipeline.data.convert.parse import BAD_KINDS, parse_block
 from pipeline.data.convert.plan import SplitPlan, plan_shards, plan_splits
 from pipeline.data.convert.run import ConvertResult, convert
 from pipeline.data.convert.stage import CONVERTER_VERSION
 from pipeline.data.convert.transforms import BAD_TAG, PARTS_TAG, CsvToTFRecords, ParsedBlock
+from pipeline.data.textblocks import iter_text_blocks
 
 __all__ = ["BAD_KINDS", "BAD_TAG", "CONVERTER_VERSION", "PARTS_TAG", "ConvertError", "ConvertResult",
            "CsvToTFRecords", "ParsedBlock", "SplitPlan", "convert", "iter_text_blocks", "parse_block",

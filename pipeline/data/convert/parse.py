@@ -10,20 +10,15 @@ parsed by pyarrow again, so values always come from the same (correctly rounding
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from pipeline.core import schema
-from pipeline.data.convert.errors import MARK, ConvertError
 
 # Kinds of bad rows, in the order they are checked.
 BAD_KINDS: tuple[str, ...] = ("columns", "non_numeric", "non_finite", "label")
-GZIP_MAGIC = b"\x1f\x8b"
 _BAD_TEXT_CHARS = 200
-_MAX_LINE_BYTES = 64 << 20
 
 
 def _read_options(use_threads: bool = True) -> Any:
@@ -163,63 +158,3 @@ def parse_with_snippets(text: bytes, lines: int
     return labels, features, [
         (i, kind, split_lines[i][:_BAD_TEXT_CHARS].decode("utf-8", "replace")) for i, kind in bad
     ]
-
-
-# --- reading: a source part → text blocks of whole lines ---------------------------------
-
-
-def isal_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions a corrupt or truncated gzip stream raises while it is read."""
-    from isal.igzip_lib import IsalError
-
-    return (EOFError, OSError, IsalError)
-
-
-@contextlib.contextmanager
-def open_text(files: Any, path: str) -> Iterator[BinaryIO]:
-    """Open a part as a binary stream of CSV text (gunzipped by ISA-L in its own thread)."""
-    from isal import igzip_threaded
-
-    with files.open_read(path) as raw:  # the gzip reader does not close a file it was handed
-        magic = raw.read(2)
-        raw.seek(0)
-        if magic != GZIP_MAGIC:
-            yield raw
-            return
-        # The decompressor thread runs ahead of the parser (ISA-L releases the GIL).
-        with igzip_threaded.open(raw, "rb", threads=1) as stream:
-            yield stream
-
-
-def iter_text_blocks(stream: BinaryIO, block_bytes: int) -> Iterator[tuple[int, int, bytes]]:
-    """Cut a text stream into blocks of whole lines.
-
-    Args:
-        stream: binary stream of CSV text.
-        block_bytes: approximate block size in bytes.
-
-    Yields:
-        ``(index of the block's first line, number of lines, text)``, text ending in ``\\n``
-        (one is added to a last line without it).
-    """
-    line0 = 0
-    rest = b""
-    while True:
-        data = stream.read(block_bytes)
-        if not data:
-            break
-        cut = data.rfind(b"\n") + 1
-        if cut == 0:
-            rest += data
-            if len(rest) > _MAX_LINE_BYTES:
-                raise ConvertError(f"{MARK}a line of the source is longer than "
-                                   f"{_MAX_LINE_BYTES >> 20} MB: not a HIGGS CSV file")
-            continue
-        # One copy per block: the carried-over partial line plus this read up to its last newline.
-        block = rest + memoryview(data)[:cut] if rest else data[:cut]
-        rest = data[cut:]
-        lines = block.count(b"\n")
-        yield line0, lines, block
-        line0 += lines
-    if rest:
-        yield line0, rest.count(b"\n") + 1, rest + b"\n"

@@ -12,9 +12,9 @@ import os
 import re
 
 from pipeline.core import schema, storage
+from pipeline.core.storage import Files
+from pipeline.data import textblocks
 from pipeline.data.convert.errors import ConvertError
-from pipeline.data.convert.files import Files
-from pipeline.data.convert.parse import GZIP_MAGIC, isal_errors, open_text
 
 _SAMPLE_BYTES = 1 << 16
 
@@ -30,7 +30,7 @@ def expand_source(files: Files, source: str) -> list[str]:
         The part paths, sorted.
 
     Raises:
-        ConvertError: a URL scheme other than gs://, no match, or a missing file.
+        ConvertError: a URL scheme other than gs://, no match, a missing file or a directory.
     """
     if re.match(r"^[a-z][a-z0-9+.-]*://", source) and not storage.is_gcs(source):
         raise ConvertError(f"cannot read {source} directly: convert takes a local path or gs:// "
@@ -44,6 +44,8 @@ def expand_source(files: Files, source: str) -> list[str]:
     if storage.is_gcs(source):
         storage.split_gcs(source)  # a bucket is required
     if not files.exists(source):
+        if not storage.is_gcs(source) and os.path.isdir(source):
+            raise ConvertError(f"source {source} is not a file")
         raise ConvertError(f"source {source} not found; check the path or create one with "
                            "'higgs synth --rows N --out FILE.csv.gz'")
     return [source]
@@ -60,26 +62,22 @@ def check_part(files: Files, path: str) -> float:
         The mean line length of its first 64 KiB of text, in bytes (sizes the text blocks).
 
     Raises:
-        ConvertError: not a file, empty, not gzip despite ``.gz``, corrupt gzip, no rows,
+        ConvertError: empty, not gzip despite ``.gz``, corrupt gzip, no rows,
             binary data, or a header line.
     """
-    if storage.is_gcs(path) or os.path.isfile(path):
-        if files.size(path) == 0:
-            raise ConvertError(f"source {path} is empty (0 bytes); download or generate it again")
-    else:
-        raise ConvertError(f"source {path} is not a file")
+    if files.size(path) == 0:
+        raise ConvertError(f"source {path} is empty (0 bytes); download or generate it again")
     with files.open_read(path) as raw:
-        magic = raw.read(2)
-    if path.endswith(".gz") and magic != GZIP_MAGIC:
-        raise ConvertError(f"source {path} is not gzip-compressed (it ends in .gz but does not "
-                           "start with the gzip magic bytes); download it again")
-    try:
-        with open_text(files, path) as stream:
-            sample = stream.read(_SAMPLE_BYTES)
-    except isal_errors() as exc:
-        raise ConvertError(f"source {path} is a corrupt or truncated gzip file "
-                           f"({type(exc).__name__}: {exc}); "
-                           "download it again") from None
+        if path.endswith(".gz") and not textblocks.is_gzip(raw):
+            raise ConvertError(f"source {path} is not gzip-compressed (it ends in .gz but does not "
+                               "start with the gzip magic bytes); download it again")
+        try:
+            with textblocks.open_text(raw) as stream:
+                sample = stream.read(_SAMPLE_BYTES)
+        except textblocks.gzip_errors() as exc:
+            raise ConvertError(f"source {path} is a corrupt or truncated gzip file "
+                               f"({type(exc).__name__}: {exc}); "
+                               "download it again") from None
     if not sample.strip():
         raise ConvertError(f"source {path} holds no rows; download or generate it again")
     if b"\x00" in sample:

@@ -19,9 +19,9 @@ import apache_beam as beam
 
 from pipeline.core import storage
 from pipeline.core.config import DataConfig
+from pipeline.core.storage import Files
 from pipeline.data.convert import preflight, stage, transforms
 from pipeline.data.convert.errors import ConvertError, error_line
-from pipeline.data.convert.files import Files
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ from typing import Any
 
 from pipeline.core import schema, storage
 from pipeline.core.config import DataConfig
+from pipeline.core.storage import Files
 from pipeline.data import records
 from pipeline.data.convert import stats
 from pipeline.data.convert.errors import ConvertError
-from pipeline.data.convert.files import Files
 from pipeline.data.stats import STATISTICS_VERSION
 
 log = logging.getLogger(__name__)
@@ -268,7 +268,7 @@ def _remove_stale_staging(files: Files, out: str) -> None:
     """Delete ``.staging-*`` left by killed runs (two runs into one DATA are not supported)."""
     if storage.is_gcs(out):
         base = out.rstrip("/") + "/"
-        stale = {base + path[len(base):].split("/", 1)[0] for path in files.list(base + ".staging-")}
+        stale = {base + path[len(base):].split("/", 1)[0] for path in files.list_paths(base + ".staging-")}
     else:
         stale = set(globlib.glob(os.path.join(globlib.escape(out), ".staging-*")))
     for path in sorted(stale):

@@ -25,10 +25,10 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from pipeline.core import schema, storage
-from pipeline.data import records
+from pipeline.core.storage import Files
+from pipeline.data import records, textblocks
 from pipeline.data.convert import parse, plan, stage, stats
 from pipeline.data.convert.errors import MARK, ConvertError
-from pipeline.data.convert.files import Files
 
 METRICS_NAMESPACE = "higgs_convert"
 PARTS_TAG = "parts"
@@ -96,17 +96,19 @@ class ReadBlocks(beam.DoFn):
         pending: tuple[int, int, Any] | None = None
         with ThreadPoolExecutor(1, thread_name_prefix="parse") as pool:
             try:
-                with parse.open_text(self.files, path) as stream:
-                    for line0, lines, text in parse.iter_text_blocks(stream, self.block_bytes):
+                with self.files.open_read(path) as raw, textblocks.open_text(raw) as stream:
+                    for line0, lines, text in textblocks.iter_text_blocks(stream, self.block_bytes):
                         self.text_bytes.inc(len(text))
                         parsing = (line0, lines, pool.submit(_parse_and_summarise, text, lines))
                         if pending is not None:
                             yield from self._emit(part, pending)
                         pending = parsing
                         total = line0 + lines
-            except parse.isal_errors() as exc:
+            except textblocks.gzip_errors() as exc:
                 raise ConvertError(f"{MARK}{path} is a corrupt or truncated gzip file "
                                    f"({type(exc).__name__}: {exc}); download it again") from None
+            except textblocks.LineTooLongError as exc:
+                raise ConvertError(f"{MARK}{exc}") from None
             if pending is not None:
                 yield from self._emit(part, pending)
         yield beam.pvalue.TaggedOutput(PARTS_TAG, (part, total))
@@ -160,7 +162,8 @@ class FinishTask(beam.DoFn):
     def _write_shard(self, task: dict[str, Any]) -> dict[str, Any]:
         with self.files.open_write(storage.join(self.staging, task["path"])) as out:
             for path, start, end in task["ranges"]:
-                self.files.copy_range(path, start, end, out)
+                if self.files.copy_range(path, start, end, out) != end - start:
+                    raise _short_piece(path)
         written = sum(end - start for _, start, end in task["ranges"]) // records.FRAMED_BYTES
         if written != task["records"]:
             raise ConvertError(f"{MARK}shard {task['path']} got {written} records, planned "
@@ -176,12 +179,9 @@ class FinishTask(beam.DoFn):
                 split.merge(stats.SplitStats.from_dict(summary["stats"]))
                 seen += (end - start) // records.FRAMED_BYTES
                 continue
-            with self.files.open_read(path) as f:
-                f.seek(start)
-                data = f.read(end - start)
+            data = self.files.read_range(path, start, end)
             if len(data) != end - start:
-                raise ConvertError(f"{MARK}staging piece {path} is shorter than written; "
-                                   "rerun the conversion")
+                raise _short_piece(path)
             framed = np.frombuffer(data, np.uint8).reshape(-1, records.FRAMED_BYTES)
             feats, labels = records.decode_examples(framed[:, 12:12 + records.EXAMPLE_BYTES])
             seen += labels.shape[0]
@@ -191,6 +191,10 @@ class FinishTask(beam.DoFn):
                                f"{task['records']}; rerun the conversion")
         return {"kind": "stats", "split": task["split"], "records": seen, "signal": split.signal,
                 "stats": split.to_dict()}
+
+
+def _short_piece(path: str) -> ConvertError:
+    return ConvertError(f"{MARK}staging piece {path} is shorter than written; rerun the conversion")
 
 
 def _plan_tasks(_: Any, pieces: list, parts: list, bad: list, cfg: dict) -> Iterator[dict]:
