@@ -112,7 +112,7 @@ def test_changed_label_balance_is_a_signal_fraction_anomaly(drift, capsys):
 
 
 def test_column_dropped_upstream_and_the_rest_shifted_is_caught(drift, capsys):
-    code, _, err, report = _validate_cli(capsys, drift["shifted"], drift["base"])
+    code, _, _, report = _validate_cli(capsys, drift["shifted"], drift["base"])
     assert code == 2
     schema_check = next(c for c in report["checks"] if c["statistic"] == "schema")
     assert schema_check["status"] == "OK"  # still 29 columns: only the values tell
@@ -138,7 +138,7 @@ def test_the_table_lists_feature_statistic_value_threshold_status(drift, capsys)
     assert lines[0].split() == ["feature", "statistic", "scope", "value", "threshold", "status"]
     rows = [line.split() for line in lines[1:] if line.split() and line.split()[-1] in ("OK", "ANOMALY")]
     assert len(rows) == 5 + 2 * 3 * schema.NUM_FEATURES  # --all: every check
-    assert ["lepton_pT", "psi", "overall"] == rows[5][:3] and rows[5][-1] == "ANOMALY"
+    assert rows[5][:3] == ["lepton_pT", "psi", "overall"] and rows[5][-1] == "ANOMALY"
 
 
 # --- the statistics the converter writes ----------------------------------------------------
