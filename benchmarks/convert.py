@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/convert.py                       # 1M rows (+ 2M for memory)
     .venv/bin/python benchmarks/convert.py --rows 200000 --ref-rows 20000 --no-scaling
+    .venv/bin/python benchmarks/convert.py --source uci-1m.csv.gz --no-scaling   # a given file
 
 Measures, in one run on this machine, on a generated file (``pipeline.data.synth.write_csv``,
 cached under ``data/bench/``):
@@ -196,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-scaling", action="store_true",
                         help="skip the 2x-rows run that shows memory does not grow")
     parser.add_argument("--no-verify", action="store_true", help="skip the Kaggle-reader check")
+    parser.add_argument("--source", default=None, metavar="FILE.csv.gz",
+                        help="benchmark this file instead of the generated one, e.g. the same rows "
+                             "in the UCI %%.18e text (--rows/--seed must still name its rows for "
+                             "the bit-exact check, or pass --no-verify)")
     parser.add_argument("--child-convert", nargs=2, metavar=("SOURCE", "OUT"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -204,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     cache = Path(args.cache)
-    source = cached_source(args.rows, args.seed, cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    source = Path(args.source) if args.source else cached_source(args.rows, args.seed, cache)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         work = Path(tmp)
         floor_rows, floor_s, floor_cpu = read_floor(source)
