@@ -70,7 +70,8 @@ def test_gcs_failure_midway_leaves_latest_untouched(gcs_bucket: str, tmp_path: P
 def test_missing_bucket_fails_fast_naming_the_file(gcs_emulator: str, tmp_path: Path) -> None:
     run = make_evaluated_run(tmp_path, "run-m", 0.8, blessed=True)
     start = time.monotonic()
-    with pytest.raises(publish.PublishError, match=r"publishing config\.yaml .*NotFound"):
+    # The destination check names the bucket before any file is copied.
+    with pytest.raises(storage.StorageError, match=r"bucket gs://no-such-bucket-here does not exist"):
         publish.publish(str(run), "gs://no-such-bucket-here/x", retry_timeout=20)
     assert time.monotonic() - start < 10  # 404 is not transient: no backoff loop
 
