@@ -23,6 +23,7 @@ import glob as globlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -102,15 +103,16 @@ def check_destination(uri: str, files: Files | None = None, *, what: str = "dest
 
     Convert, train and publish call this before any work, so a wrong destination does not
     surface minutes later as a retried upload or a Beam traceback. gs://: credentials, then
-    one request for the bucket (no retries, ``timeout`` seconds). Local: the nearest existing
-    ancestor must be a directory in which a (removed at once) probe directory can be made —
-    a real write, so it also holds for root and read-only file systems.
+    a request for the bucket, retried with backoff while the store is unreachable or answers
+    5xx, for at most ``timeout`` seconds (no such bucket or refused credentials fail at once).
+    Local: the nearest existing ancestor must be a directory in which a (removed at once) probe
+    directory can be made — a real write, so it also holds for root and read-only file systems.
 
     Args:
         uri: the directory (local or ``gs://bucket/prefix``) about to be written.
         files: the storage handle the caller will write with (default: ADC credentials).
         what: how the caller names it in messages (``--out``, ``--to``).
-        timeout: seconds for the gs:// request.
+        timeout: seconds the gs:// check may wait for an unreachable store.
 
     Raises:
         StorageError: no credentials, no such bucket, no access, unreachable store, or a local
@@ -125,18 +127,28 @@ def check_destination(uri: str, files: Files | None = None, *, what: str = "dest
             client = (files or Files()).client()
         except StorageError as exc:  # no credentials
             raise StorageError(f"{what} {uri}: {exc}") from None
-        try:
-            found = client.bucket(bucket).exists(timeout=timeout, retry=None)
-        except exceptions.Forbidden:
-            return  # may write objects without reading bucket metadata: the write will tell
-        except auth_exceptions.GoogleAuthError as exc:
-            raise StorageError(f"{what} {uri}: the Google Cloud credentials were refused "
-                               f"({type(exc).__name__}); run 'gcloud auth application-default login'"
-                               ) from None
-        except (exceptions.GoogleAPICallError, OSError, ValueError) as exc:
-            raise StorageError(f"{what} {uri}: cannot reach Cloud Storage within {timeout:.0f} s "
-                               f"({type(exc).__name__}); check the network or STORAGE_EMULATOR_HOST"
-                               ) from None
+        deadline, pause = time.monotonic() + timeout, 0.25
+        while True:
+            left = max(0.5, deadline - time.monotonic())
+            try:
+                found = client.bucket(bucket).exists(timeout=min(left, 10.0), retry=None)
+                break
+            except exceptions.Forbidden:
+                return  # may write objects without reading bucket metadata: the write will tell
+            except auth_exceptions.GoogleAuthError as exc:
+                raise StorageError(f"{what} {uri}: the Google Cloud credentials were refused "
+                                   f"({type(exc).__name__}); run 'gcloud auth application-default "
+                                   "login'") from None
+            except (exceptions.GoogleAPICallError, OSError, ValueError) as exc:
+                # Unreachable or 5xx: the store may be coming back; retry with backoff until the
+                # deadline. A 4xx other than 403 is an answer, not an outage.
+                transient = not isinstance(exc, exceptions.ClientError)
+                if not transient or time.monotonic() + pause > deadline:
+                    raise StorageError(f"{what} {uri}: cannot reach Cloud Storage within "
+                                       f"{timeout:.0f} s ({type(exc).__name__}); check the network "
+                                       "or STORAGE_EMULATOR_HOST") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 4.0)
         if not found:
             raise StorageError(f"{what} {uri}: bucket gs://{bucket} does not exist; create it "
                                f"('gcloud storage buckets create gs://{bucket}') or fix the name")
