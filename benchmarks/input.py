@@ -6,19 +6,23 @@
 On the same shard files, in one run (after one warm-up read so every variant finds the files
 in the page cache), it times one pass over the training split of:
 
-(a) ``raw``: ``TFRecordDataset(files).batch(B)`` — reading the framed bytes only (the floor);
+(a) ``raw``: ``TFRecordDataset(files).batch(B)`` — reading the framed records only, no decode
+    (the reference: the raw batched read rate);
 (b) ``per_record``: ``TFRecordDataset(files).map(decode_record, AUTOTUNE).batch(B)`` — the
     Kaggle-style ``parse_single_example`` + ``parse_tensor`` per record, in parallel (timed on
     the first ``--per-record-rows`` records; its cost is per record);
-(c) ``project``: ``pipeline.training.inputs.make_dataset(..., training=True)`` of the ``sample`` preset
-    (interleaved reads, shuffle, repeat, batch, then one ``decode_batch`` per batch), cache off;
+(c) ``project``: ``pipeline.training.inputs.make_dataset(..., training=True)`` of the ``sample``
+    preset, cache off (framed 16-record blocks, shuffle, repeat, one decode per batch, rebatch);
 (d) ``project_eval``: the same with ``training=False`` (ordered, no shuffle).
 
-Without ``--data`` a dataset of ``--rows`` generated events is written once under
+The variants run in ``--rounds`` interleaved rounds (default 5: a, b, c, d, a, b, …) so a burst
+of load from other jobs hits all of them; each figure is the median over the rounds, printed
+with its min–max spread, and each ratio is the median of the per-round ratios. Without
+``--data`` a dataset of ``--rows`` generated events is written once under
 ``data/bench/input-<rows>/`` with ``pipeline.data.records`` (the converter's own encoder), in the
-contract layout with a manifest. Last line: ``key=value`` pairs, ``ratio`` = project records/s
-÷ per-record records/s (target ≥ 10). The machine is shared with other jobs: the load average
-is printed, compare figures from the same run only.
+contract layout with a manifest. Last line: ``key=value`` pairs, ``ratio`` = project ÷ raw
+records/s (target ≥ 0.8), ``per_record_ratio`` = project ÷ per-record decoder. The machine is
+shared with other jobs: the load average is printed, compare figures from the same run only.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -71,6 +76,7 @@ def main() -> None:
                         help="rows timed for the slow per-record decoder (its rate is per record)")
     parser.add_argument("--data", default=None, help="an existing dataset (default: generate one)")
     parser.add_argument("--batch", type=int, default=None, help="default: the sample preset's 512")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median and spread)")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -91,29 +97,42 @@ def main() -> None:
 
     raw = tf.data.TFRecordDataset(files).batch(batch)
     timed_pass(raw, batches)  # warm-up: page cache
-    results = {}
-    results["raw"] = timed_pass(raw.prefetch(tf.data.AUTOTUNE), batches)
     per_record = (tf.data.TFRecordDataset(files)
                   .map(records.decode_record, num_parallel_calls=tf.data.AUTOTUNE)
                   .batch(batch).prefetch(tf.data.AUTOTUNE))
-    results["per_record"] = timed_pass(per_record, min(batches, args.per_record_rows // batch))
-    results["project"] = timed_pass(make_dataset(data, "training", cfg, training=True, manifest=manifest),
-                                    batches)
-    results["project_eval"] = timed_pass(make_dataset(data, "training", cfg, training=False,
-                                                      manifest=manifest), batches)
+    variants = {
+        "raw": lambda: timed_pass(raw.prefetch(tf.data.AUTOTUNE), batches),
+        "per_record": lambda: timed_pass(per_record, min(batches, args.per_record_rows // batch)),
+        "project": lambda: timed_pass(make_dataset(data, "training", cfg, training=True,
+                                                   manifest=manifest), batches),
+        "project_eval": lambda: timed_pass(make_dataset(data, "training", cfg, training=False,
+                                                        manifest=manifest), batches),
+    }
+    rates: dict[str, list[float]] = {k: [] for k in variants}
+    for i in range(args.rounds):
+        for key, run in variants.items():
+            seconds, n = run()
+            rates[key].append(n / seconds)
+        print(f"round {i + 1}: " + "  ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()), flush=True)
 
-    rate = {k: n / s for k, (s, n) in results.items()}
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    ratios = [p / r for p, r in zip(rates["project"], rates["raw"], strict=True)]
+    eval_ratios = [p / r for p, r in zip(rates["project_eval"], rates["raw"], strict=True)]
+    per_record_ratios = [p / r for p, r in zip(rates["project"], rates["per_record"], strict=True)]
     load = os.getloadavg()[0]
-    print(f"{rows:,} records in {len(files)} shards, batch {batch}, load average {load:.1f} "
-          f"on {os.cpu_count()} cores (shared machine)")
-    for key, (s, n) in results.items():
-        print(f"  {key:13s} {n:>9,} records in {s:6.2f} s = {rate[key]:>12,.0f} records/s")
-    print(f"rows={rows} batch={batch} raw_rows_s={rate['raw']:.0f} "
-          f"per_record_rows_s={rate['per_record']:.0f} "
-          f"project_rows_s={rate['project']:.0f} project_eval_rows_s={rate['project_eval']:.0f} "
-          f"project_over_raw={rate['project'] / rate['raw']:.2f} load={load:.1f} "
-          f"ratio={rate['project'] / rate['per_record']:.1f}")
-
+    print(f"{rows:,} records in {len(files)} shards, batch {batch}, {args.rounds} rounds, load average "
+          f"{load:.1f} on {os.cpu_count()} cores (shared machine); median (min–max) records/s")
+    for key, values in rates.items():
+        print(f"  {key:13s} {med[key]:>12,.0f}  ({min(values):,.0f}–{max(values):,.0f})")
+    print(f"  project / raw per round: median {statistics.median(ratios):.2f} "
+          f"({min(ratios):.2f}–{max(ratios):.2f}); project_eval / raw {statistics.median(eval_ratios):.2f} "
+          f"({min(eval_ratios):.2f}–{max(eval_ratios):.2f})")
+    print(f"rows={rows} batch={batch} rounds={args.rounds} raw_rows_s={med['raw']:.0f} "
+          f"per_record_rows_s={med['per_record']:.0f} project_rows_s={med['project']:.0f} "
+          f"project_eval_rows_s={med['project_eval']:.0f} ratio_min={min(ratios):.2f} "
+          f"ratio_max={max(ratios):.2f} eval_ratio={statistics.median(eval_ratios):.2f} "
+          f"per_record_ratio={statistics.median(per_record_ratios):.1f} load={load:.1f} "
+          f"ratio={statistics.median(ratios):.2f}")
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,9 @@ Same model (the ``sample`` preset: 3 blocks × 128 units, batch 512, Adam), same
 
 Each variant trains a fresh model for a warm-up epoch (tracing, graph building; by default one
 pass over the rows, which also fills the preset's cache) and then whole epochs until
-``--seconds`` have passed, timed with a callback. Without ``--data`` the rows are
+``--seconds`` have passed, timed with a callback. The variants run in ``--rounds``
+interleaved rounds (default 5); each figure is the median over the rounds with its min–max
+spread, each ratio the median of the per-round ratios. Without ``--data`` the rows are
 generated once under ``data/bench/train-<rows>/``. Last line: ``key=value`` pairs with
 ``ratio`` = tfrecord ÷ memory examples/s (target ≥ 0.9) and ``spe_ratio`` = spe32 ÷ spe1. The
 machine is shared with other jobs: the load average is printed, compare figures from one run.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -66,8 +69,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=220_000)
     parser.add_argument("--data", default=None, help="an existing dataset (default: generate one)")
     parser.add_argument("--seconds", type=float, default=8.0, help="timed training per variant and round")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="rounds over all variants; the best rate of each counts (shared machine)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="interleaved rounds over all variants; medians and spread are reported")
     parser.add_argument("--epoch-steps", type=int, default=None,
                         help="steps per Keras epoch (default: one pass over the rows, so the warm-up "
                              "epoch also fills the preset's cache)")
@@ -117,22 +120,28 @@ def main() -> None:
         "spe32": lambda: measure(with_spe(32), strategy, tfrecord_ds(with_spe(32)), steps, args.seconds),
     }
     # Rounds alternate the variants so a burst of load from other jobs hits all of them.
-    rates = {key: 0.0 for key in variants}
+    runs: dict[str, list[float]] = {key: [] for key in variants}
     for i in range(args.rounds):
         for key, run in variants.items():
-            rate = run()
-            print(f"round {i + 1}: {key:9s} {rate:>10,.0f} examples/s", flush=True)
-            rates[key] = max(rates[key], rate)
+            runs[key].append(run())
+            print(f"round {i + 1}: {key:9s} {runs[key][-1]:>10,.0f} examples/s", flush=True)
+    rates = {key: statistics.median(v) for key, v in runs.items()}
+    ratios = [t / m for t, m in zip(runs["tfrecord"], runs["memory"], strict=True)]
+    spe_ratios = [a / b for a, b in zip(runs["spe32"], runs["spe1"], strict=True)]
     load = os.getloadavg()[0]
     print(f"sample preset ({cfg.model.blocks}x{cfg.model.units}, batch {batch}, steps_per_execution {spe}) "
-          f"on {len(x):,} training rows, {type(strategy).__name__}, load average {load:.1f} "
-          f"on {os.cpu_count()} cores (shared machine)")
+          f"on {len(x):,} training rows, {type(strategy).__name__}, {args.rounds} rounds, load average "
+          f"{load:.1f} on {os.cpu_count()} cores (shared machine); median (min–max)")
     for key, value in rates.items():
-        print(f"  {key:9s} {value:>10,.0f} examples/s")
-    print(f"rows={len(x)} batch={batch} spe={spe} tfrecord_examples_s={rates['tfrecord']:.0f} "
+        print(f"  {key:9s} {value:>10,.0f} examples/s  ({min(runs[key]):,.0f}–{max(runs[key]):,.0f})")
+    print(f"  tfrecord / memory per round: median {statistics.median(ratios):.2f} "
+          f"({min(ratios):.2f}–{max(ratios):.2f})")
+    print(f"rows={len(x)} batch={batch} spe={spe} rounds={args.rounds} "
+          f"tfrecord_examples_s={rates['tfrecord']:.0f} "
           f"memory_examples_s={rates['memory']:.0f} spe1_examples_s={rates['spe1']:.0f} "
-          f"spe32_examples_s={rates['spe32']:.0f} spe_ratio={rates['spe32'] / rates['spe1']:.2f} "
-          f"load={load:.1f} ratio={rates['tfrecord'] / rates['memory']:.2f}")
+          f"spe32_examples_s={rates['spe32']:.0f} spe_ratio={statistics.median(spe_ratios):.2f} "
+          f"ratio_min={min(ratios):.2f} ratio_max={max(ratios):.2f} load={load:.1f} "
+          f"ratio={statistics.median(ratios):.2f}")
 
 
 if __name__ == "__main__":

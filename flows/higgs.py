@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from pipeline.publish.store import PublishResult
 
 Preset = Literal["sample", "full"]
-Runner = Literal["DirectRunner", "PrismRunner", "DataflowRunner", "FlinkRunner", "SparkRunner"]
+Runner = Literal["DirectRunner", "DaskRunner", "PrismRunner", "DataflowRunner", "FlinkRunner", "SparkRunner"]
 
 # Python loggers whose records are copied into the flow run's logs, with their minimum level
 # (None = the config's runtime.log_level). Beam and TensorFlow log plenty at INFO; their

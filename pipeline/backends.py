@@ -13,10 +13,12 @@ in. ``runtime.backend=vertex`` submits a Vertex AI CustomJob whose replicas call
 
 from __future__ import annotations
 
+from pipeline.core import storage
 from pipeline.core.config import Config
 from pipeline.core.rundir import TrainResult
-from pipeline.data import dataset
+from pipeline.data import dataset, verify
 from pipeline.training import strategy as strategy_lib
+from pipeline.training import train as train_lib
 from pipeline.training.train import TrainError
 
 
@@ -56,12 +58,13 @@ def train(cfg: Config, data: str | dataset.Dataset, run_dir: str) -> TrainResult
         if "://" in run_dir:
             raise TrainError(f"run directory {run_dir} must be a local path; "
                              "'higgs publish --run RUN --to gs://…' copies a finished run to GCS")
-        data = dataset.open_dataset(data)  # a bad path fails here, before any worker starts
+        # A bad path or a bad shard fails here, in one line, before any worker starts.
+        data = dataset.open_dataset(data)
+        verify.verify_dataset(data, splits=train_lib.TRAIN_SPLITS)
+        storage.check_destination(run_dir, what="--out")
         try:
             launch.run_local_cluster(cfg, data.uri, run_dir)  # each worker reads the manifest
         except launch.LaunchError as exc:
             raise TrainError(str(exc)) from None
         return TrainResult.from_run_dir(run_dir)
-    from pipeline.training import train as train_lib
-
     return train_lib.run_training(cfg, data, run_dir)

@@ -13,7 +13,8 @@ Prefect.
 Default locations (all overridable):
 
 - sources and converted datasets under ``cfg.data.data_root`` (``data/``), the dataset
-  directory named after the source (``data/higgs-synth-r220000-s1``, ``data/HIGGS``);
+  directory named after the source (``data/higgs-synth-uci-r220000-s1``, ``data/higgs`` for
+  the UCI ``higgs.zip``, ``data/HIGGS`` for ``HIGGS.csv.gz``);
 - the run under ``cfg.runtime.runs_root`` (``runs/<run_id>``, run id
   ``20261121-083000-sample``);
 - published to ``cfg.runtime.publish_to`` (``runs``; ``runs/latest.json`` moves only to a
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STEPS = ("source", "convert", "validate", "train", "evaluate", "publish")
-_SOURCE_SUFFIXES = (".csv.gz", ".csv", ".gz")
+_SOURCE_SUFFIXES = (".csv.gz", ".csv", ".gz", ".zip")
 
 
 @dataclass(frozen=True)
@@ -81,15 +82,15 @@ def run_id_for(cfg: Config, when: datetime | None = None) -> str:
 def dataset_name(cfg: Config) -> str:
     """Name the dataset directory after its source, so different sources never share one.
 
-    A generated sample is ``higgs-synth-r<rows>-s<seed>``; a file is named by its basename
-    without ``.csv.gz`` (``HIGGS``). Presets convert with different shard layouts, and the
-    converter refuses to overwrite a dataset built with other options, so a preset other than
-    the source's natural one (``sample`` for generated data, ``full`` for a file) adds its
-    name: ``HIGGS-sample``.
+    A generated sample is ``higgs-synth-uci-r<rows>-s<seed>``; a file is named by its basename
+    without ``.csv.gz``/``.csv``/``.zip`` (``HIGGS``, ``higgs``). Presets convert with different
+    shard layouts, and the converter refuses to overwrite a dataset built with other options, so
+    a preset other than the source's natural one (``sample`` for generated data, ``full`` for a
+    file) adds its name: ``HIGGS-sample``.
     """
     source = cfg.data.source.strip()
     if not source:
-        name = f"higgs-synth-r{cfg.data.synth_rows}-s{cfg.data.synth_seed}"
+        name = f"higgs-synth-uci-r{cfg.data.synth_rows}-s{cfg.data.synth_seed}"
         return name if cfg.preset == "sample" else f"{name}-{cfg.preset}"
     name = PurePosixPath(source.split("?", 1)[0].rstrip("/")).name
     for suffix in _SOURCE_SUFFIXES:

@@ -2,6 +2,7 @@
 
     higgs synth --rows 100000 --seed 1 --out data/sources/sample.csv.gz
     higgs convert --source data/sources/sample.csv.gz --out data/sample
+    higgs verify data/sample
     higgs validate --data data/sample --against runs      # or --baseline data/other
     higgs train --data data/sample --out runs/try --preset sample --workers 2
     higgs lr-find --data data/sample --out runs/lrfind --set train.optimizer=sgd
@@ -9,6 +10,7 @@
     higgs evaluate --data data/sample --run runs/try
     higgs publish --run runs/try --to runs
     higgs run --preset sample
+    higgs paper --preset paper      # Baldi et al. 2014 Table 1: deep model and BDT × 3 feature sets
 
 Every command prints what it wrote and exits non-zero with a one-line reason on failure.
 Config comes from ``--preset``, ``--config FILE.yaml`` and repeated ``--set key=value``.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -45,7 +48,7 @@ def _config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Config:
 def cmd_synth(args: argparse.Namespace) -> int:
     from pipeline.data import synth
 
-    result = synth.write_csv(args.out, rows=args.rows, seed=args.seed)
+    result = synth.write_csv(args.out, rows=args.rows, seed=args.seed, fmt=args.format)
     print(f"wrote {result.rows} events ({result.signal_fraction:.1%} signal) to {result.path} "
           f"[{result.events_per_s:,.0f} events/s generated, {result.write_rows_per_s:,.0f} rows/s written]")
     return 0
@@ -66,7 +69,8 @@ def cmd_convert(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     from pipeline.data import convert, source
 
     src = source.resolve(args.source, cfg.data)
-    result = convert.convert(src, args.out, cfg.data, beam_args=beam_args, overwrite=args.overwrite)
+    result = convert.convert(src, args.out, cfg.data, beam_args=beam_args, overwrite=args.overwrite,
+                             wait=args.wait)
     rows = result.manifest["rows"]
     verb = "already complete, nothing to do:" if result.skipped else "wrote"
     print(f"{verb} {args.out} — training {rows['training']:,}, validation {rows['validation']:,}, "
@@ -74,6 +78,13 @@ def cmd_convert(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from pipeline.data import verify
+
+    splits = args.split or None
+    result = verify.verify_dataset(args.data, crc=not args.sizes_only,
+                                   **({"splits": splits} if splits else {}))
+    print(result.summary())
 def cmd_validate(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from pipeline import chain
@@ -168,6 +179,16 @@ def cmd_run(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     return 0
 
 
+def cmd_paper(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
+    extra = [f"data.source={args.source}"] if args.source else []
+    cfg = _config(args, extra)
+    from pipeline.experiments import paper
+
+    result = paper.run_paper(cfg, data=args.data, out=args.out, beam_args=beam_args)
+    print(result.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``higgs`` argument parser (all subcommands)."""
     parser = argparse.ArgumentParser(prog="higgs", description=__doc__.split("\n")[0])
@@ -178,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, required=True)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", required=True, metavar="FILE.csv.gz")
+    p.add_argument("--format", default="uci", choices=["uci", "compact"],
+                   help="uci: every value as %%.18e like the real HIGGS.csv.gz (default); "
+                        "compact: shortest float32 text")
     p.set_defaults(handler=cmd_synth)
 
     p = sub.add_parser("fetch", help="download or generate the source file (resumes, verifies)")
@@ -189,11 +213,20 @@ def build_parser() -> argparse.ArgumentParser:
                                        "unknown options go to Beam")
     p.add_argument("--source", required=True, metavar="URI")
     p.add_argument("--out", required=True, metavar="DATA")
-    p.add_argument("--overwrite", action="store_true", help="rebuild even if complete")
+    p.add_argument("--overwrite", action="store_true",
+                   help="rebuild even if complete (replaces only the files the old manifest lists)")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for another conversion into DATA to finish (default: refuse)")
     p.add_argument("--max-bad-rows", type=int, default=None)
     _add_config_args(p)
     p.set_defaults(handler=cmd_convert, takes_beam_args=True)
 
+    p = sub.add_parser("verify", help="check every shard's records and CRCs against DATA/manifest.json")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("--split", action="append", choices=["training", "validation", "test"],
+                   help="check only this split (repeatable; default: all)")
+    p.add_argument("--sizes-only", action="store_true", help="presence and sizes only, no CRCs")
+    p.set_defaults(handler=cmd_verify)
     p = sub.add_parser("validate", help="compare a dataset with the published model's dataset "
                                         "(drift, schema, label balance); exit 2 on anomalies")
     p.add_argument("--data", required=True, metavar="DATA")
@@ -256,6 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", default=None, metavar="OUT")
     _add_config_args(p)
     p.set_defaults(handler=cmd_run, takes_beam_args=True)
+
+    p = sub.add_parser("paper", help="the paper's Table 1: deep model and BDT on the low-level, "
+                                     "high-level and complete feature sets → OUT/table.md")
+    p.add_argument("--source", default=None, metavar="URI", help="source to convert (without --data)")
+    p.add_argument("--data", default=None, metavar="DATA", help="a converted dataset (default: convert "
+                                                                "the config's source)")
+    p.add_argument("--out", default=None, metavar="OUT",
+                   help="output directory (default: <runs_root>/paper-<time>-<preset>)")
+    _add_config_args(p, default_preset="paper")
+    p.set_defaults(handler=cmd_paper, takes_beam_args=True)
     return parser
 
 
@@ -265,6 +308,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # Beam's and Dask's INFO lines say nothing a user acts on
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)
+        # dask.distributed sets its loggers' levels from its config when first imported.
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     handler: Callable[..., int] = args.handler
     try:
         if getattr(args, "takes_beam_args", False):

@@ -28,17 +28,18 @@ def test_run_id_is_utc_timestamp_and_preset():
 
 
 def test_dataset_name_follows_the_source():
-    assert chain.dataset_name(load_config("sample")) == "higgs-synth-r220000-s1"
+    assert chain.dataset_name(load_config("sample")) == "higgs-synth-uci-r220000-s1"
     small = load_config("sample", overrides=["data.synth_rows=1000", "data.synth_seed=7"])
-    assert chain.dataset_name(small) == "higgs-synth-r1000-s7"
-    assert chain.dataset_name(load_config("full")) == "HIGGS"
+    assert chain.dataset_name(small) == "higgs-synth-uci-r1000-s7"
+    assert chain.dataset_name(load_config("full")) == "higgs"  # the UCI higgs.zip
+    assert chain.dataset_name(load_config("full", overrides=["data.source=/d/HIGGS.csv"])) == "HIGGS"
     cfg = load_config("full", overrides=["data.source=gs://bucket/dir/HIGGS small.csv.gz"])
     assert chain.dataset_name(cfg) == "HIGGS-small"
     # Another preset converts with another shard layout: it gets its own directory.
     assert chain.dataset_name(load_config("sample", overrides=["data.source=/d/HIGGS.csv.gz"])) == \
         "HIGGS-sample"
     generated_full = load_config("full", overrides=["data.source="])
-    assert chain.dataset_name(generated_full) == "higgs-synth-r220000-s1-full"
+    assert chain.dataset_name(generated_full) == "higgs-synth-uci-r220000-s1-full"
 
 
 def test_default_paths_use_config_roots_and_explicit_values_win(tmp_path):
@@ -46,7 +47,8 @@ def test_default_paths_use_config_roots_and_explicit_values_win(tmp_path):
                                            "runtime.publish_to=gs://b/published"])
     when = datetime(2026, 11, 21, 8, 30, tzinfo=UTC)
     paths = chain.default_paths(cfg, when=when)
-    assert paths == chain.Paths(run_id="20261121-083000-sample", data=f"{tmp_path}/d/higgs-synth-r220000-s1",
+    assert paths == chain.Paths(run_id="20261121-083000-sample",
+                                data=f"{tmp_path}/d/higgs-synth-uci-r220000-s1",
                                 run_dir=f"{tmp_path}/r/20261121-083000-sample", publish_to="gs://b/published")
     explicit = chain.default_paths(cfg, data="/x/data", run_dir="/y/runs/my-run", publish_to="/z")
     assert (explicit.run_id, explicit.data, explicit.run_dir, explicit.publish_to) == \

@@ -12,7 +12,11 @@ def test_full_preset_is_the_reference_run() -> None:
     assert (cfg.model.blocks, cfg.model.units, cfg.model.dropout) == (5, 2048, 0.1)
     assert cfg.train.batch_size_per_replica == 2048
     assert cfg.train.optimizer == "adam"
-    assert cfg.data.source.startswith("https://") and cfg.data.source.endswith("HIGGS.csv.gz")
+    # The UCI page's current download, and the legacy path with the real file's size and sha256.
+    assert cfg.data.source == "https://archive.ics.uci.edu/static/public/280/higgs.zip"
+    assert (cfg.data.sha256, cfg.data.expected_bytes) == ("", 0)  # published nowhere: not checked
+    assert cfg.data.mirror.endswith("/00280/HIGGS.csv.gz")
+    assert cfg.data.mirror_bytes == 2_816_407_858 and cfg.data.mirror_sha256.startswith("ea302c18")
 
 
 def test_sample_preset_is_smaller_than_full() -> None:
@@ -71,7 +75,7 @@ def test_bad_overrides_fail_with_one_clear_line(override: str, message: str) -> 
 
 
 def test_unknown_preset() -> None:
-    with pytest.raises(C.ConfigError, match="unknown preset 'huge'; choose one of: full, sample"):
+    with pytest.raises(C.ConfigError, match="unknown preset 'huge'; choose one of: full, paper, sample"):
         C.load_config("huge")
 
 
@@ -162,3 +166,14 @@ def test_a_bad_value_stops_higgs_run_before_any_io(tmp_path: Path) -> None:
     assert lines == ["higgs run: error: unknown train.mixed_precision 'fp8'; choose one of: auto, float32, "
                      "mixed_float16, mixed_bfloat16"]
     assert list(tmp_path.iterdir()) == []  # no data/, no runs/
+
+
+def test_a_new_source_drops_the_checks_and_mirror_of_the_old_one() -> None:
+    own = C.load_config("full", overrides=["data.source=https://example.org/mine.csv.gz"])
+    assert (own.data.mirror, own.data.mirror_sha256, own.data.mirror_bytes) == ("", "", 0)
+    given = C.load_config("full", overrides=["data.source=https://example.org/mine.csv.gz",
+                                             "data.sha256=" + "ab" * 32, "data.mirror=https://m/x.zip"])
+    assert given.data.sha256 == "ab" * 32 and given.data.mirror == "https://m/x.zip"
+    assert given.data.mirror_sha256 == ""  # not given with the new source
+    same = C.load_config("full", overrides=["data.block_rows=100"])
+    assert same.data.mirror_bytes == 2_816_407_858  # the source did not change

@@ -22,7 +22,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline.core import schema
 from pipeline.core.config import load_config
 from pipeline.core.storage import Files
-from pipeline.data import convert, dataset, records, synth
+from pipeline.data import convert, dataset, records, synth, textblocks
 from pipeline.data.convert import stage, transforms
 
 ROWS = 12_000  # the small_dataset fixture: synth seed 7, sample preset shard counts
@@ -244,27 +244,35 @@ def test_text_blocks_cover_every_line_once() -> None:
     assert starts == list(np.cumsum([0, *counts[:-1]])) and sum(counts) == 1001
 
 
-def test_read_transform_with_test_pipeline(tmp_path: Path) -> None:
-    """The read step's main, dead-letter and part outputs, on Beam's TestPipeline."""
+def test_convert_part_transform_with_test_pipeline(tmp_path: Path) -> None:
+    """The read step's pieces, dead-letter rows and part length, on Beam's TestPipeline."""
     import io
 
     lines = [*_good_lines(400), "0.5," + ",".join(["1"] * 28), *_good_lines(100, seed=4)]
     src = _write_lines(tmp_path / "x.csv.gz", lines)
-    block_bytes = 20_000  # several blocks, so the prefetching parse thread is exercised
+    block_bytes = 20_000  # several blocks, so the block pool runs several at once
     text = gzip.decompress(src.read_bytes())
-    starts = [line0 for line0, _, _ in convert.iter_text_blocks(io.BytesIO(text), block_bytes)]
-    assert len(starts) > 3
+    counts = [bytes(b).count(b"\n") for b in textblocks.read_blocks(io.BytesIO(text), block_bytes)]
+    starts = list(itertools.accumulate([0, *counts[:-1]]))
+    assert len(starts) > 3 and sum(counts) == 501
+    staging = str(tmp_path / "staging")
     with test_pipeline.TestPipeline() as p:
         out = (p | beam.Create([(3, str(src))])
-               | beam.ParDo(transforms.ReadBlocks(block_bytes, Files())).with_outputs(
-                   convert.BAD_TAG, convert.PARTS_TAG, main="rows"))
-        assert_that(out.rows | beam.Map(lambda b: (b.part, b.line0)),
-                    equal_to([(3, s) for s in starts]), label="blocks")
-        assert_that(out.rows | beam.Map(lambda b: b.labels.shape[0])
-                    | beam.CombineGlobally(sum), equal_to([500]), label="good")
-        assert_that(out[convert.BAD_TAG] | beam.Map(lambda r: r[:3]),
-                    equal_to([(3, 400, "label")]), label="bad")
-        assert_that(out[convert.PARTS_TAG], equal_to([(3, 501)]), label="parts")
+               | beam.ParDo(transforms.ConvertPart(block_bytes, Files(), staging, threads=2)))
+        pieces = out | "Pieces" >> beam.Filter(lambda e: e[0] == convert.PIECE)
+        assert_that(pieces | beam.Map(lambda e: (e[1]["part"], e[1]["line0"])),
+                    equal_to([(3, s) for s in starts]), label="pieces")
+        assert_that(pieces | beam.Map(lambda e: e[1]["records"]) | beam.CombineGlobally(sum),
+                    equal_to([500]), label="good")
+        assert_that(out | "Bad" >> beam.Filter(lambda e: e[0] == convert.BAD)
+                    | beam.Map(lambda e: e[1][:3]), equal_to([(3, 400, "label")]), label="bad")
+        assert_that(out | "Part" >> beam.Filter(lambda e: e[0] == convert.PART)
+                    | beam.Map(lambda e: e[1]), equal_to([(3, 501)]), label="parts")
+    # Every piece holds its block's good rows, framed, in line order.
+    written = sorted((tmp_path / "staging").rglob("*.rec"))
+    assert len(written) == len(starts)
+    records_total = sum(f.stat().st_size for f in written) // records.FRAMED_BYTES
+    assert records_total == 500
 
 
 # --- bad rows -------------------------------------------------------------------------------
@@ -444,3 +452,29 @@ def test_secrets_in_beam_args_are_not_recorded() -> None:
                          "--project", "p"]) == [
         "--runner", "DataflowRunner", "--api_key=<redacted>", "--token", "<redacted>",
         "--project", "p"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_conversion_says_interrupted_and_leaves_nothing(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "big.csv.gz"
+    synth.write_csv(src, rows=1_500_000, seed=3, fmt="compact", progress=False)
+    out = tmp_path / "out"
+    # SIGINT must not be inherited as ignored (a background job of a non-interactive shell).
+    launch = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+              "os.execv(sys.argv[1], sys.argv[1:])")
+    proc = subprocess.Popen([sys.executable, "-c", launch, sys.executable, "-m", "pipeline.cli", "convert",
+                             "--source", str(src), "--out", str(out), "--set", "data.convert_threads=1"],
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "HIGGS_PROGRESS": "off"})
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".staging-*/_pieces/*.rec")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no piece was written"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.strip() == "higgs convert: interrupted", err
+    assert list(out.iterdir()) == []  # no manifest, no staging, no pieces

@@ -35,7 +35,7 @@ from flows.local_run import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-NAMES = ["higgs/full", "higgs/sample", "higgs/retrain", "higgs-tune/tune"]
+NAMES = ["higgs/full", "higgs/sample", "higgs/retrain", "higgs-tune/tune", "higgs-paper/table"]
 SMALL = ["data.synth_rows=20000", "train.epochs=2", "model.units=32", "model.blocks=2",
          "evaluate.baseline_rows=5000", "evaluate.baseline_trees=20", "train.shuffle_buffer=5000"]
 
@@ -98,6 +98,7 @@ def test_prefect_yaml_deploys_all_with_the_weekly_retrain_schedule(server, deplo
                                                       "runner": "DirectRunner"}
     assert deployed["higgs/full"]["parameters"] == {"preset": "full"}
     assert deployed["higgs-tune/tune"]["parameters"] == {"preset": "sample"}
+    assert deployed["higgs-paper/table"]["parameters"] == {"preset": "paper"}
     assert _cron_schedules(deployed["higgs/retrain"]) == [("0 3 * * 1", "UTC", True)]
     assert deployed["higgs/sample"]["schedules"] == []
     assert deployed["higgs/retrain"]["parameter_openapi_schema"]["properties"]["preset"]["enum"] == \

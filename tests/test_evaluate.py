@@ -182,6 +182,29 @@ def test_export_check_fails_for_a_different_model(trained, tmp_path: Path) -> No
         export.check_reload(saved, model, x)
 
 
+def test_a_model_trained_again_is_exported_again(trained, tmp_path: Path) -> None:
+    """Training into the same run directory again must not leave the old SavedModel in place."""
+    import os
+    import shutil
+
+    _cfg, _data, run, arrays, model = trained
+    from pipeline.core.tfk import keras
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("saved_model"))
+    x = arrays["test"][0][:256]
+    assert export.export_run(copy, features=x, model=model)["exported"] is True
+    assert export.export_run(copy, features=x, model=model)["exported"] is False  # up to date
+    retrained = keras.models.clone_model(model)  # the run directory's model, trained again
+    retrained.save(copy / "model" / "model.keras")
+    later = (copy / "model" / "saved_model" / "saved_model.pb").stat().st_mtime_ns + 1_000_000
+    os.utime(copy / "model" / "model.keras", ns=(later, later))
+    result = export.export_run(copy, features=x)
+    assert result["exported"] is True and result["reload_max_abs_diff"] <= export.RELOAD_ATOL
+    np.testing.assert_allclose(export.serve_predictions(copy / "model" / "saved_model", x),
+                               retrained.predict(x, verbose=0), atol=1e-6)
+
+
 BLESS_CFG = EvaluateConfig(auc_floor=0.70, max_auc_regression=0.002)
 
 

@@ -55,11 +55,11 @@ def test_flow_config_none_keeps_the_preset_and_typed_parameters_win():
     full = flowmod.flow_config("full")
     assert full.data.source.startswith("https://") and full.model.units == 2048
     cfg = flowmod.flow_config("sample", source="", data_dir="/d", runs_root="/r", publish_to="gs://b/p",
-                              runner="PrismRunner", strategy="mirrored", workers=2, epochs=3,
+                              runner="PrismRunner", strategy="multi_worker", workers=2, epochs=3,
                               overrides=["train.epochs=9", "model.units=64"])
     assert (cfg.data.source, cfg.data.data_root, cfg.runtime.runs_root, cfg.runtime.publish_to) == \
         ("", "/d", "/r", "gs://b/p")
-    assert (cfg.runtime.runner, cfg.train.strategy, cfg.train.workers) == ("PrismRunner", "mirrored", 2)
+    assert (cfg.runtime.runner, cfg.train.strategy, cfg.train.workers) == ("PrismRunner", "multi_worker", 2)
     assert cfg.train.epochs == 3  # the typed parameter beats the generic override
     assert cfg.model.units == 64
     with pytest.raises(ConfigError, match=r"section\.key=value"):
@@ -86,6 +86,13 @@ def test_tune_deployment_serves_the_search_flow():
     assert (tune.flow_name, tune.name) == ("higgs-tune", "tune")
     assert tune.entrypoint == "flows.tune.higgs_tune"
     assert tune.parameters == {"preset": "sample"}
+
+
+def test_table_deployment_serves_the_paper_flow():
+    (table,) = deployments.build_deployments(deployments.load_specs(), only=["table"])
+    assert (table.flow_name, table.name) == ("higgs-paper", "table")
+    assert table.entrypoint == "flows.paper.higgs_paper"
+    assert table.parameters == {"preset": "paper"}
 
 
 def test_deployment_spec_errors_are_one_line(tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline.core.config import Config, load_config
-from pipeline.data import dataset, records
+from pipeline.data import dataset, records, verify
 
 
 def _cfg(**train) -> Config:
@@ -114,3 +114,96 @@ def test_steps_and_missing_dataset(tmp_path, small_dataset):
     assert steps_for(manifest, "training", 1024) == dataset.split_rows(manifest, "training") // 1024
     with pytest.raises(DatasetError, match="not a dataset"):
         make_dataset(str(tmp_path), "training", cfg)
+
+
+# --- the framed-record fast path and its fallback ------------------------------------------------
+
+
+def test_converted_shards_take_the_framed_path_and_every_record_comes_once(small_dataset):
+    from pipeline.training.inputs import make_dataset
+
+    manifest = dataset.load_manifest(small_dataset)
+    shards = manifest["shards"]["training"]
+    paths = dataset.shard_paths(small_dataset, "training", manifest)
+    assert all(records.is_framed_file(p, s["records"]) for p, s in zip(paths, shards, strict=True))
+    assert any(s["records"] % 16 for s in shards)  # a short last block is part of the test
+    assert not records.is_framed_file(paths[0], shards[0]["records"] + 1)  # size must match
+    for cache in (False, True):
+        cfg = _cfg(batch_size_per_replica=300, cache=cache)
+        ds = make_dataset(small_dataset, "training", cfg, training=True, repeat=False, drop_remainder=False)
+        feats, labels = _collect(ds)
+        ref_f, ref_y = _per_record(small_dataset, "training")
+        assert feats.shape == ref_f.shape  # one pass: every record once, none lost ...
+        assert _rows(feats) == _rows(ref_f)  # ... bit for bit
+        assert not np.array_equal(feats, ref_f)  # and shuffled
+        assert labels.sum() == ref_y.sum()
+
+
+def _write_shard(path, feats, labels, extra: bool) -> None:
+    """Real tf.train.Example records; ``extra`` adds a third feature (a valid but other layout)."""
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for x, y in zip(feats, labels, strict=True):
+            feature = {
+                "features": tf.train.Feature(bytes_list=tf.train.BytesList(
+                    value=[tf.io.serialize_tensor(tf.constant(x)).numpy()])),
+                "label": tf.train.Feature(float_list=tf.train.FloatList(value=[y])),
+            }
+            if extra:
+                feature["source"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"kaggle"]))
+            example = tf.train.Example(features=tf.train.Features(feature=feature))
+            # deterministic: map entries in key order (otherwise protobuf may put "label" first).
+            writer.write(example.SerializeToString(deterministic=True))
+
+
+def _tiny_dataset(root, extra: bool):
+    import json
+
+    from pipeline.core import schema
+
+    rng = np.random.default_rng(5)
+    feats = rng.normal(size=(70, 28)).astype(np.float32)
+    labels = (rng.random(70) < 0.5).astype(np.float32)
+    (root / "validation").mkdir(parents=True)
+    shards = []
+    for i, part in enumerate(np.array_split(np.arange(70), 2)):
+        rel = f"validation/part-{i:05d}-of-00002.tfrecord"
+        _write_shard(root / rel, feats[part], labels[part], extra)
+        shards.append({"path": rel, "records": len(part)})
+    manifest = {"rows": {"training": 0, "validation": 70, "test": 0}, "bad_rows": 0,
+                "source": {"uri": "test", "bytes": 0, "sha256": ""}, "features": list(schema.FEATURES),
+                "shards": {"training": [], "validation": shards, "test": []}}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return str(root), feats, labels
+
+
+@pytest.mark.parametrize("extra", [False, True])
+def test_other_writers_records_read_the_same(tmp_path, extra):
+    """TensorFlow's own (deterministic) serialization gives our frames and takes the fast path;
+    another layout falls back to parse_example. Both read the same values."""
+    from pipeline.training.inputs import make_dataset
+
+    data, feats, labels = _tiny_dataset(tmp_path / "d", extra)
+    shard = dataset.load_manifest(data)["shards"]["validation"][0]
+    assert records.is_framed_file(str(tmp_path / "d" / shard["path"]), shard["records"]) is not extra
+    got_f, got_y = _collect(make_dataset(data, "validation", _cfg(batch_size_per_replica=16), training=False))
+    np.testing.assert_array_equal(got_f, feats)
+    np.testing.assert_array_equal(got_y[:, 0], labels)
+
+
+def test_a_corrupt_record_inside_a_framed_file_stops_the_read(tmp_path):
+
+    from pipeline.training.inputs import make_dataset
+
+    data, _, _ = _tiny_dataset(tmp_path / "d", extra=False)
+    path = tmp_path / "d" / "validation" / "part-00000-of-00002.tfrecord"
+    raw = bytearray(path.read_bytes())
+    raw[5 * records.FRAMED_BYTES + 20] ^= 0xFF  # inside the 6th record's Example prefix
+    path.write_bytes(bytes(raw))
+    shard = dataset.load_manifest(data)["shards"]["validation"][0]
+    assert records.is_framed_file(str(path), shard["records"])  # size and first record still look right
+    # The check before the read names the record; the reader's own layout assertion is the
+    # second line of defence (tests/test_faults.py corrupts a shard after the check).
+    with pytest.raises(verify.IntegrityError, match="record 5 at byte offset 895 fails its TFRecord CRC"):
+        _collect(make_dataset(data, "validation", _cfg(batch_size_per_replica=16), training=False))

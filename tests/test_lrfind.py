@@ -103,7 +103,8 @@ def test_suggest_on_a_known_curve():
 @pytest.mark.parametrize(
     ("overrides", "kwargs", "fragment"),
     [
-        (["train.optimizer=cg", "train.learning_rate=0.99"], {}, "does not apply to train.optimizer=cg"),
+        (["train.optimizer=cg", "train.learning_rate=0.99", "train.reduce_lr=false"], {},
+         "does not apply to train.optimizer=cg"),
         ([], {"min_lr": 1.0, "max_lr": 0.1}, "0 < min_lr < max_lr"),
         ([], {"steps": 3}, "at least 10 steps"),
         (["train.workers=2"], {}, "lr-find runs in one process"),

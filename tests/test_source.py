@@ -136,7 +136,7 @@ def test_ensure_source_generates_sample_once(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, synth_rows=3000, synth_seed=4)
     info = source.ensure_source(cfg)
     path = Path(info.path)
-    assert path == tmp_path / "data" / "sources" / "higgs-synth-r3000-s4.csv.gz"
+    assert path == tmp_path / "data" / "sources" / "higgs-synth-uci-r3000-s4.csv.gz"
     lines = gzip.decompress(path.read_bytes()).splitlines()
     assert len(lines) == 3000 and all(len(line.split(b",")) == 29 for line in lines[:50])
     assert info.bytes == path.stat().st_size

@@ -18,9 +18,9 @@ import pyarrow.csv as pacsv
 import pytest
 
 from pipeline.core import schema
-from pipeline.data import synth
+from pipeline.data import physics, synth
 
-SCALE = dict(synth.COLUMN_DIVISORS)  # GeV per scaled unit, to read peaks in GeV
+SCALE = dict(physics.COLUMN_DIVISORS)  # GeV per scaled unit, to read peaks in GeV
 
 
 def _col(features: np.ndarray, name: str) -> np.ndarray:
@@ -135,7 +135,7 @@ def test_scaled_like_the_real_file(events: tuple[np.ndarray, np.ndarray]) -> Non
     labels, x = events
     assert labels.dtype == np.float32 and x.dtype == np.float32 and x.shape == (60_000, 28)
     assert np.isfinite(x).all()
-    assert abs(float(labels.mean()) - synth.SIGNAL_FRACTION) < 0.01  # 4.9σ at 60k events
+    assert abs(float(labels.mean()) - physics.SIGNAL_FRACTION) < 0.01  # 4.9σ at 60k events
     for i, name in enumerate(schema.FEATURES):
         col = x[:, i]
         if name.endswith("_phi"):
@@ -143,23 +143,23 @@ def test_scaled_like_the_real_file(events: tuple[np.ndarray, np.ndarray]) -> Non
         elif name.endswith("_eta"):
             assert abs(col.std() - 1.0) < 0.03 and abs(col.mean()) < 0.03, name
         elif name.endswith("_btag"):
-            unit = np.float32(synth.BTAG_UNIT[int(name[3]) - 1])
+            unit = np.float32(physics.BTAG_UNIT[int(name[3]) - 1])
             assert set(np.unique(col).tolist()) == {0.0, float(unit), float(np.float32(2 * unit))}, name
         else:  # momenta, MET and masses: mean ≈ 1, positive
             assert abs(col.mean() - 1.0) < 0.03 and col.min() >= 0.0, name
     # The real file's b-tag values (as float32), e.g. jet 1: 1.0865381, 2.1730762.
-    assert np.float32(2 * synth.BTAG_UNIT[0]) == np.float32(2.1730761528015137)
-    assert np.float32(2 * synth.BTAG_UNIT[3]) == np.float32(3.101961374282837)
+    assert np.float32(2 * physics.BTAG_UNIT[0]) == np.float32(2.1730761528015137)
+    assert np.float32(2 * physics.BTAG_UNIT[3]) == np.float32(3.101961374282837)
 
 
 def test_leading_jets_are_pt_ordered_and_pass_thresholds(events: tuple[np.ndarray, np.ndarray]) -> None:
     _, x = events
     pts = np.stack([_col(x, f"jet{i}_pt") * SCALE[f"jet{i}_pt"] for i in range(1, 5)], axis=1)
     assert (np.diff(pts, axis=1) <= 1e-3).all()
-    assert pts.min() > synth.PT_MIN - 1e-3
-    assert (_col(x, "lepton_pT") * SCALE["lepton_pT"]).min() > synth.PT_MIN - 1e-3
+    assert pts.min() > physics.PT_MIN - 1e-3
+    assert (_col(x, "lepton_pT") * SCALE["lepton_pT"]).min() > physics.PT_MIN - 1e-3
     eta = np.abs(_col(x, "jet4_eta") * SCALE["jet4_eta"])
-    assert eta.max() < synth.ETA_MAX + 1e-3
+    assert eta.max() < physics.ETA_MAX + 1e-3
 
 
 # --- physics sanity: masses peak where they should --------------------------------------------
@@ -173,22 +173,22 @@ def test_mass_peaks(events: tuple[np.ndarray, np.ndarray]) -> None:
         return _col(sample, name) * SCALE[name]
 
     # h⁰ → b b̄ in signal; the background's b pair has no resonance at 125.
-    assert abs(_mode(gev(sig, "m_bb"), 20, 400) - synth.M_H) < 12
+    assert abs(_mode(gev(sig, "m_bb"), 20, 400) - physics.M_H) < 12
     # Background: the hadronic (jjb) and leptonic (ℓνb) tops.
-    assert abs(_mode(gev(bkg, "m_jjj"), 50, 500) - synth.M_T) < 15
-    assert abs(_mode(gev(bkg, "m_jlv"), 50, 500) - synth.M_T) < 15
+    assert abs(_mode(gev(bkg, "m_jjj"), 50, 500) - physics.M_T) < 15
+    assert abs(_mode(gev(bkg, "m_jlv"), 50, 500) - physics.M_T) < 15
     # The hadronic W, and m(ℓν) held near m_W by the neutrino-pz constraint (a narrow peak
     # with the W's Breit–Wigner width, not a single value).
-    assert abs(_mode(gev(bkg, "m_jj"), 20, 300) - synth.M_W) < 10
+    assert abs(_mode(gev(bkg, "m_jj"), 20, 300) - physics.M_W) < 10
     m_lv = gev(x, "m_lv")
-    assert abs(_mode(m_lv, 60, 100, bins=80) - synth.M_W) < 1.5
-    assert np.mean(np.abs(m_lv - synth.M_W) < 3) > 0.5
-    assert np.mean(np.abs(m_lv - synth.M_W) < 0.5) < 0.5
+    assert abs(_mode(m_lv, 60, 100, bins=80) - physics.M_W) < 1.5
+    assert np.mean(np.abs(m_lv - physics.M_W) < 3) > 0.5
+    assert np.mean(np.abs(m_lv - physics.M_W) < 0.5) < 0.5
     # Signal: H± → W h⁰ and the whole H⁰ system.
-    assert abs(_mode(gev(sig, "m_wwbb"), 200, 900) - synth.M_H0) < 30
-    assert abs(_mode(gev(sig, "m_wbb"), 100, 700) - synth.M_HPM) < 30
+    assert abs(_mode(gev(sig, "m_wwbb"), 200, 900) - physics.M_H0) < 30
+    assert abs(_mode(gev(sig, "m_wbb"), 100, 700) - physics.M_HPM) < 30
     # And m_bb separates the classes: far more signal than background near 125 GeV.
-    window = lambda s: np.mean(np.abs(gev(s, "m_bb") - synth.M_H) < 15)  # noqa: E731
+    window = lambda s: np.mean(np.abs(gev(s, "m_bb") - physics.M_H) < 15)  # noqa: E731
     assert window(sig) > 1.5 * window(bkg)
 
 

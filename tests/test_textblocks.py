@@ -51,3 +51,27 @@ def test_a_line_without_end_is_not_csv() -> None:
     endless = io.BytesIO(b"x" * (textblocks.MAX_LINE_BYTES + 2))
     with pytest.raises(textblocks.LineTooLongError, match="longer than 64 MB"):
         list(textblocks.iter_text_blocks(endless, 16 << 20))
+
+
+@pytest.mark.parametrize("block_bytes", [1, 7, 100, 4096, 1 << 20])
+def test_read_blocks_hold_every_line_once_in_whole_lines(block_bytes: int) -> None:
+    """The converter's zero-copy reader: views of whole lines, the text exactly once."""
+    import io
+    import random
+
+    rng = random.Random(block_bytes)
+    for ending in (b"", b"\n"):
+        lines = [b"%d," % i + b"x" * rng.randint(0, 900) for i in range(300)]
+        text = b"\n".join(lines) + ending
+        blocks = [bytes(b) for b in textblocks.read_blocks(io.BytesIO(text), block_bytes)]
+        assert b"".join(blocks) == b"\n".join(lines) + b"\n"
+        assert all(b.endswith(b"\n") for b in blocks)
+        if block_bytes >= 4096:
+            assert len(blocks) < 300  # blocks gather many lines, not one line each
+    assert list(textblocks.read_blocks(io.BytesIO(b""), 100)) == []
+
+
+def test_read_blocks_stop_at_a_line_without_end() -> None:
+    endless = io.BytesIO(b"x" * (textblocks.MAX_LINE_BYTES + 2))
+    with pytest.raises(textblocks.LineTooLongError, match="longer than 64 MB"):
+        list(textblocks.read_blocks(endless, 16 << 20))

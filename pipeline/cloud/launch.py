@@ -8,8 +8,10 @@ YAML file, and starts ``python -m pipeline.cloud.launch worker …`` once per wo
 ``TF_CONFIG = {"cluster": {"worker": [...]}, "task": {"type": "worker", "index": i}}``. Each
 worker runs :func:`pipeline.training.train.run_training` under MultiWorkerMirroredStrategy (worker 0 is
 the chief and writes the run directory). Every line a worker prints is streamed with a
-``[worker i]`` prefix. If any worker fails, the others are killed and :class:`TrainError`
-names the failed worker. Plain subprocesses, no TensorFlow in the launching process.
+``[worker i]`` prefix. If a worker dies, the others are stopped and the cluster is started
+again on fresh ports, resuming from the run's backup (at most ``train.max_restarts`` times);
+a user-fixable error (exit code 2) or one failure too many ends in :class:`LaunchError`
+naming the worker and how to resume. Plain subprocesses, no TensorFlow in the launching process.
 """
 
 from __future__ import annotations
@@ -54,13 +56,13 @@ def _stream(prefix: str, pipe: IO[str], lock: threading.Lock, out: IO[str]) -> N
     pipe.close()
 
 
-def _kill(procs: Sequence[subprocess.Popen]) -> None:
-    """Terminate still-running workers (their process groups), then kill stragglers."""
+def _kill(procs: Sequence[subprocess.Popen], grace: float = 10.0) -> None:
+    """Terminate still-running workers (their process groups), then kill stragglers after ``grace`` s."""
     for p in procs:
         if p.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + grace
     for p in procs:
         try:
             p.wait(timeout=max(0.1, deadline - time.monotonic()))
@@ -71,52 +73,109 @@ def _kill(procs: Sequence[subprocess.Popen]) -> None:
 
 
 def run_local_cluster(cfg: Config, data: str, run_dir: str, *, workers: int | None = None,
-                      timeout: float | None = None, out: IO[str] | None = None) -> None:
+                      timeout: float | None = None, out: IO[str] | None = None,
+                      max_restarts: int | None = None) -> int:
     """Run MultiWorkerMirroredStrategy training with ``workers`` processes on this machine.
 
+    When a worker dies (killed, crashed: any exit but 0 and 2, the code of a one-line
+    :class:`~pipeline.core.errors.PipelineError`), the launcher notices at its next poll
+    (:data:`POLL_S`), stops the others and starts the whole cluster again on fresh ports; the
+    workers resume from the run's backup (``RUN/checkpoints/``,
+    :class:`~pipeline.training.callbacks.EpochCommit`), so only the interrupted epoch is trained
+    again. After ``max_restarts`` restarts the next
+    failure ends the run with one line saying how to resume it.
+
     Args:
-        cfg: resolved config (``train.workers`` is the default number of workers).
+        cfg: resolved config (``train.workers`` is the default number of workers,
+            ``train.max_restarts`` of restarts).
         data: dataset directory.
         run_dir: the run directory the chief (worker 0) writes.
         workers: number of worker processes (default ``cfg.train.workers``).
-        timeout: seconds after which all workers are killed (None = no limit).
+        timeout: seconds after which all workers are killed (None = no limit), per attempt.
         out: where prefixed worker lines go (default ``sys.stdout``).
+        max_restarts: override of ``cfg.train.max_restarts``.
+
+    Returns:
+        The number of restarts it took.
 
     Raises:
-        LaunchError: a worker exited non-zero (the others are killed), or the timeout passed.
+        LaunchError: a worker failed with a user-fixable error (exit 2), failed again after the
+            last restart, or the timeout passed; the other workers are stopped.
     """
     n = workers or cfg.train.workers
     out = out or sys.stdout
+    allowed = max(0, cfg.train.max_restarts if max_restarts is None else max_restarts)
+    with tempfile.TemporaryDirectory(prefix="higgs-launch-") as tmp:
+        config_path = write_config(cfg, Path(tmp) / "config.yaml")
+        restarts = 0
+        while True:
+            try:
+                _run_once(n, config_path, data, run_dir, Path(tmp) / f"attempt-{restarts}", timeout, out)
+                return restarts
+            except WorkerExitError as died:
+                if died.code == 2 or restarts >= allowed:
+                    hint = ("" if died.code == 2 else
+                            f"; {restarts} restart(s) used (train.max_restarts={allowed}) — resume with the "
+                            f"same command: it continues from {run_dir}/checkpoints")
+                    raise LaunchError(f"{died}{hint}") from None
+                restarts += 1
+                log.warning("%s; restarting the cluster on fresh ports (restart %d of %d): the workers "
+                            "resume from the backup in %s", died, restarts, allowed, run_dir)
+
+
+POLL_S = 0.2  # how often the launcher looks at its workers
+DEAD_PEER_GRACE_S = 2.0  # SIGTERM → SIGKILL for the survivors of a dead worker
+
+
+class WorkerExitError(LaunchError):
+    """One worker exited non-zero (the others were stopped); ``code`` is its exit code."""
+
+    def __init__(self, message: str, index: int, code: int) -> None:
+        super().__init__(message)
+        self.index, self.code = index, code
+
+
+def _run_once(n: int, config_path: Path, data: str, run_dir: str, tmp: Path, timeout: float | None,
+              out: IO[str]) -> None:
+    """Start ``n`` workers on fresh ports and wait for all of them (one attempt)."""
     ports = free_ports(n)
     lock = threading.Lock()
     procs: list[subprocess.Popen] = []
     threads: list[threading.Thread] = []
-    with tempfile.TemporaryDirectory(prefix="higgs-launch-") as tmp:
-        config_path = write_config(cfg, Path(tmp) / "config.yaml")
-        log.info("starting %d workers on 127.0.0.1 ports %s", n, ", ".join(map(str, ports)))
-        try:
-            for i in range(n):
-                env = dict(os.environ, TF_CONFIG=json.dumps(tf_config_for(ports, i)),
-                           PYTHONUNBUFFERED="1")
-                env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-                cmd = [sys.executable, "-m", "pipeline.cloud.launch", "worker", "--config", str(config_path),
-                       "--data", data, "--out", run_dir]
-                # Own process group: killing a worker also kills anything it started.
-                p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, bufsize=1, start_new_session=True)
-                procs.append(p)
-                t = threading.Thread(target=_stream, args=(f"[worker {i}]", p.stdout, lock, out), daemon=True)
-                t.start()
-                threads.append(t)
-            _wait(procs, timeout)
-        finally:
-            _kill(procs)
-            for t in threads:
-                t.join(timeout=5)
+    log.info("starting %d workers on 127.0.0.1 ports %s", n, ", ".join(map(str, ports)))
+    try:
+        for i in range(n):
+            # Each worker's temporary files (a non-chief's private outputs) live under the
+            # launcher's directory, so a killed worker leaves none behind.
+            worker_tmp = tmp / f"worker-{i}"
+            worker_tmp.mkdir(parents=True)
+            env = dict(os.environ, TF_CONFIG=json.dumps(tf_config_for(ports, i)), PYTHONUNBUFFERED="1",
+                       TMPDIR=str(worker_tmp))
+            env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+            cmd = [sys.executable, "-m", "pipeline.cloud.launch", "worker", "--config", str(config_path),
+                   "--data", data, "--out", run_dir]
+            # Own process group: killing a worker also kills anything it started.
+            p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True, bufsize=1, start_new_session=True)
+            procs.append(p)
+            log.info("worker %d: pid %d", i, p.pid)
+            t = threading.Thread(target=_stream, args=(f"[worker {i}]", p.stdout, lock, out), daemon=True)
+            t.start()
+            threads.append(t)
+        _wait(procs, timeout)
+    except WorkerExitError:
+        # The survivors wait in a collective for a peer that is gone (they ignore SIGTERM there):
+        # a short grace, then SIGKILL — their progress is in the backup either way.
+        _kill(procs, grace=DEAD_PEER_GRACE_S)
+        raise
+    finally:
+        _kill(procs)
+        for t in threads:
+            t.join(timeout=5)
 
 
 def _wait(procs: Sequence[subprocess.Popen], timeout: float | None) -> None:
-    """Wait for all workers; on the first failure (or the timeout) raise LaunchError."""
+    """Wait for all workers; on the first failure raise WorkerExitError (LaunchError on the timeout)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     done: set[int] = set()
     while True:
@@ -127,13 +186,15 @@ def _wait(procs: Sequence[subprocess.Popen], timeout: float | None) -> None:
                 log.info("worker %d finished", i)
         for i, code in enumerate(codes):
             if code not in (None, 0):
-                raise LaunchError(f"worker {i} of {len(procs)} failed with exit code {code} "
-                                  f"(see its '[worker {i}]' lines above); stopped the other workers")
+                how = f"was killed by signal {-code}" if code < 0 else f"failed with exit code {code}"
+                log.warning("worker %d (pid %d) %s; stopping the other workers", i, procs[i].pid, how)
+                raise WorkerExitError(f"worker {i} of {len(procs)} {how} (see its '[worker {i}]' lines "
+                                      "above); stopped the other workers", i, code)
         if all(code == 0 for code in codes):
             return
         if deadline is not None and time.monotonic() > deadline:
             raise LaunchError(f"local cluster did not finish within {timeout:.0f} s; stopped all workers")
-        time.sleep(0.2)
+        time.sleep(POLL_S)
 
 
 def worker_main(argv: Sequence[str] | None = None) -> int:

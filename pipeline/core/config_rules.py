@@ -46,7 +46,8 @@ def _at_least(section: str, obj: Any, minimum: float, *keys: str) -> None:
 def _validate_data(d: DataConfig) -> None:
     _at_least("data", d, 1, "synth_rows", "training_shards", "validation_shards", "test_shards",
               "block_rows", "validation_rows", "test_rows")
-    _at_least("data", d, 0, "max_bad_rows", "expected_bytes")
+    _at_least("data", d, 0, "max_bad_rows", "expected_bytes", "mirror_bytes", "convert_threads",
+              "dask_workers")
 
 
 def _validate_model(m: ModelConfig) -> None:

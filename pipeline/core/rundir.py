@@ -10,7 +10,8 @@ Layout (local or gs://; every other module asks this one for a path)::
     RUN/model/saved_model/           serving signature float32 [None, 28] -> probability [None, 1]
     RUN/logs/                        TensorBoard
     RUN/checkpoints/backup/          BackupAndRestore (a killed run resumes at the next epoch)
-    RUN/checkpoints/best_model.keras the best epoch so far
+    RUN/checkpoints/state.json       callback state (early stopping, LR plateau) of the backed-up epoch
+    RUN/checkpoints/best-epoch-NNNN.weights.npz  the best epoch's weights so far (for a resume)
     RUN/report/metrics.json          auc, auc_ci95, accuracy, log_loss, test_rows, ...
     RUN/report/blessing.json         the blessing decision
     RUN/report/report.md             the readable report (plus *.png)
@@ -36,7 +37,8 @@ SAVED_MODEL_DIR = "saved_model"
 LOGS_DIR = "logs"
 CHECKPOINTS_DIR = "checkpoints"
 BACKUP_DIR = "backup"
-BEST_FILE = "best_model.keras"
+STATE_FILE = "state.json"
+BEST_WEIGHTS_PATTERN = "best-epoch-*.weights.npz"
 REPORT_DIR = "report"
 METRICS_FILE = "metrics.json"
 BLESSING_FILE = "blessing.json"
@@ -91,9 +93,27 @@ def backup_dir(run: str | Path) -> str:
     return storage.join(str(run), CHECKPOINTS_DIR, BACKUP_DIR)
 
 
-def best_model_path(run: str | Path) -> str:
-    """``RUN/checkpoints/best_model.keras``."""
-    return storage.join(str(run), CHECKPOINTS_DIR, BEST_FILE)
+def state_path(run: str | Path) -> str:
+    """``RUN/checkpoints/state.json`` (the training callbacks' state at the backed-up epoch)."""
+    return storage.join(str(run), CHECKPOINTS_DIR, STATE_FILE)
+
+
+def best_weights_path(run: str | Path, epoch: int) -> str:
+    """``RUN/checkpoints/best-epoch-NNNN.weights.npz``: the weights after ``epoch`` (0-based)."""
+    return storage.join(str(run), CHECKPOINTS_DIR, BEST_WEIGHTS_PATTERN.replace("*", f"{epoch:04d}"))
+
+
+def model_tmp_path(run: str | Path, tag: str) -> str:
+    """A temporary name beside ``RUN/model/model.keras`` (renamed into place when complete).
+
+    Args:
+        run: the run directory.
+        tag: what makes the name unique to its writer (e.g. the process id).
+    """
+    return storage.join(str(run), MODEL_DIR, f".{MODEL_FILE}.tmp-{tag}.keras")
+
+
+MODEL_TMP_PATTERN = f".{MODEL_FILE}.tmp-*.keras"
 
 
 def report_dir(run: str | Path) -> str:

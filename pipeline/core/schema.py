@@ -54,6 +54,13 @@ HIGH_LEVEL_FEATURES: tuple[str, ...] = (
 FEATURES: tuple[str, ...] = LOW_LEVEL_FEATURES + HIGH_LEVEL_FEATURES
 NUM_FEATURES = len(FEATURES)  # 28
 
+# The feature sets of Baldi et al. 2014 (Table 1: low-level, high-level, complete), by the
+# name ``model.features`` uses. Records always carry all 28; a model reads one set of them.
+FEATURE_SETS: dict[str, tuple[str, ...]] = {
+    "all": FEATURES,
+    "low": LOW_LEVEL_FEATURES,
+    "high": HIGH_LEVEL_FEATURES,
+}
 
 def _kind(name: str) -> str:
     for suffix in ("eta", "phi", "btag"):
@@ -105,6 +112,26 @@ def feature_index(name: str) -> int:
         return FEATURES.index(name)
     except ValueError:
         raise KeyError(f"unknown feature {name!r}; valid names: {', '.join(FEATURES)}") from None
+
+
+def feature_columns(feature_set: str) -> tuple[int, ...]:
+    """Return the column indices (into the 28 features) of a feature set.
+
+    Args:
+        feature_set: a key of :data:`FEATURE_SETS` (``all``, ``low`` or ``high``).
+
+    Returns:
+        The 0-based indices, in the UCI column order (``low`` = 0…20, ``high`` = 21…27).
+
+    Raises:
+        KeyError: with the valid names when ``feature_set`` is unknown.
+    """
+    try:
+        names = FEATURE_SETS[feature_set]
+    except KeyError:
+        raise KeyError(f"unknown feature set {feature_set!r}; choose one of: "
+                       f"{', '.join(FEATURE_SETS)}") from None
+    return tuple(feature_index(name) for name in names)
 
 
 def feature_spec() -> dict[str, Any]:

@@ -16,6 +16,7 @@ under it) is not a file: list it with :func:`list_files` / :func:`list_paths`.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import fnmatch
 import functools
@@ -23,6 +24,7 @@ import glob as globlib
 import hashlib
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -91,6 +93,69 @@ def gcs_client(anonymous: bool = False):
             "'gcloud auth application-default login' or set GOOGLE_APPLICATION_CREDENTIALS "
             f"({type(exc).__name__})"
         ) from None
+
+
+PREFLIGHT_TIMEOUT_S = 10.0
+
+
+def check_destination(uri: str, files: Files | None = None, *, what: str = "destination",
+                      timeout: float = PREFLIGHT_TIMEOUT_S) -> None:
+    """Fail in seconds, with one line, when nothing can be written at ``uri``; create nothing.
+
+    Convert, train and publish call this before any work, so a wrong destination does not
+    surface minutes later as a retried upload or a Beam traceback. gs://: credentials, then
+    one request for the bucket (no retries, ``timeout`` seconds). Local: the nearest existing
+    ancestor must be a directory in which a (removed at once) probe directory can be made —
+    a real write, so it also holds for root and read-only file systems.
+
+    Args:
+        uri: the directory (local or ``gs://bucket/prefix``) about to be written.
+        files: the storage handle the caller will write with (default: ADC credentials).
+        what: how the caller names it in messages (``--out``, ``--to``).
+        timeout: seconds for the gs:// request.
+
+    Raises:
+        StorageError: no credentials, no such bucket, no access, unreachable store, or a local
+            path that cannot be written; the message names ``uri`` and the fix.
+    """
+    if is_gcs(uri):
+        from google.api_core import exceptions
+        from google.auth import exceptions as auth_exceptions
+
+        bucket, _ = split_gcs(uri)
+        try:
+            client = (files or Files()).client()
+        except StorageError as exc:  # no credentials
+            raise StorageError(f"{what} {uri}: {exc}") from None
+        try:
+            found = client.bucket(bucket).exists(timeout=timeout, retry=None)
+        except exceptions.Forbidden:
+            return  # may write objects without reading bucket metadata: the write will tell
+        except auth_exceptions.GoogleAuthError as exc:
+            raise StorageError(f"{what} {uri}: the Google Cloud credentials were refused "
+                               f"({type(exc).__name__}); run 'gcloud auth application-default login'"
+                               ) from None
+        except (exceptions.GoogleAPICallError, OSError, ValueError) as exc:
+            raise StorageError(f"{what} {uri}: cannot reach Cloud Storage within {timeout:.0f} s "
+                               f"({type(exc).__name__}); check the network or STORAGE_EMULATOR_HOST"
+                               ) from None
+        if not found:
+            raise StorageError(f"{what} {uri}: bucket gs://{bucket} does not exist; create it "
+                               f"('gcloud storage buckets create gs://{bucket}') or fix the name")
+        return
+    path = Path(uri).absolute()
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise StorageError(f"{what} {uri}: {ancestor} is a file, not a directory; choose another {what}")
+    try:
+        probe = tempfile.mkdtemp(prefix=".write-probe-", dir=ancestor)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise StorageError(f"{what} {uri}: cannot write in {ancestor} ({reason}); "
+                           f"choose another {what} or fix its permissions") from None
+    os.rmdir(probe)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,6 +369,29 @@ class Files:
         elif os.path.exists(uri):
             os.remove(uri)
 
+    def delete_file(self, uri: str) -> None:
+        """Delete one file or gs:// object; nothing there is fine (a directory is left alone)."""
+        if is_gcs(uri):
+            from google.api_core import exceptions
+
+            with contextlib.suppress(exceptions.NotFound):
+                self._blob(uri).delete()
+        elif os.path.isfile(uri) or os.path.islink(uri):
+            os.remove(uri)
+
+    def move_file(self, src: str, dst: str) -> None:
+        """Move one file (local: a rename) or gs:// object (server-side copy, then delete)."""
+        if is_gcs(src):
+            client = self.client()
+            bucket, name = split_gcs(src)
+            to_bucket, to_name = split_gcs(dst)
+            blob = client.bucket(bucket).blob(name)
+            client.bucket(bucket).copy_blob(blob, client.bucket(to_bucket), to_name)
+            blob.delete()
+        else:
+            os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+            os.replace(src, dst)
+
     def move_tree(self, src: str, dst: str) -> None:
         """Move a directory (local: one rename; gs://: server-side copy + delete per object)."""
         if is_gcs(src):
@@ -330,6 +418,7 @@ write_bytes, open_write, copy_range = _DEFAULT.write_bytes, _DEFAULT.open_write,
 # trees
 list_files, list_paths, glob = _DEFAULT.list_files, _DEFAULT.list_paths, _DEFAULT.glob
 delete_tree, move_tree = _DEFAULT.delete_tree, _DEFAULT.move_tree
+delete_file, move_file = _DEFAULT.delete_file, _DEFAULT.move_file
 
 
 def read_text(uri: str) -> str:

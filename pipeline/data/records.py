@@ -11,14 +11,24 @@ numpy instead of one protobuf call per row (~29 µs a row), and :func:`frame_rec
 TFRecord framing with a C CRC32C. ``tests/test_records.py`` checks the layout byte for byte
 against real ``tf.train.Example`` serialization.
 
-The reader side, :func:`decode_batch` (``parse_example`` + ``decode_raw`` of the tensor payload,
-~15x faster) and :func:`decode_record` (the Kaggle-style per-record decoder), imports
-TensorFlow only when called, so the Beam path never loads it.
+The reader side imports TensorFlow only when called, so the Beam path never loads it:
+
+* :func:`decode_framed` — whole TFRecord *frames* read as fixed-length bytes (every record in
+  our shards is :data:`FRAMED_BYTES` long, so a file is an array of records): one
+  ``decode_raw`` per batch, the frame header and Example layout of every record checked
+  against the constant prefix, the floats taken out with a bitcast. The input pipeline's
+  fast path (:func:`is_framed_file` says when a file qualifies);
+* :func:`decode_batch` (``parse_example`` + ``decode_raw`` of the tensor payload, ~15x faster
+  than per record) — for any TFRecord file of this record spec;
+* :func:`decode_record` — the Kaggle-style per-record decoder.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import struct
+import sys
 from typing import Any
 
 import google_crc32c
@@ -64,6 +74,69 @@ def masked_crc32c(data: bytes) -> int:
     """
     crc = google_crc32c.value(bytes(data))
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+# Every framed record starts with the same 44 bytes: u64 length 163, its masked CRC, then the
+# Example's fixed prefix up to the features (the label's prefix sits at a fixed offset too).
+_LENGTH = struct.pack("<Q", EXAMPLE_BYTES)
+FRAME_HEADER = _LENGTH + struct.pack("<I", masked_crc32c(_LENGTH))
+FRAMED_PREFIX = FRAME_HEADER + EXAMPLE_PREFIX
+_FRAMED_FEATURES = len(FRAME_HEADER) + FEATURES_OFFSET  # 44
+_FRAMED_LABEL = len(FRAME_HEADER) + LABEL_OFFSET  # 171
+
+
+def is_framed_file(path: str, records: int) -> bool:
+    """True when a local TFRecord file is ``records`` frames of our fixed layout, nothing else.
+
+    Checks the size (``records × FRAMED_BYTES``) and the first record's 44-byte prefix, and
+    that this host is little-endian (the decoder bitcasts bytes). :func:`decode_framed` then
+    checks every record's prefix as it decodes.
+
+    Args:
+        path: a local file path.
+        records: the record count the manifest gives for it.
+    """
+    if sys.byteorder != "little" or "://" in path or records < 1:
+        return False
+    try:
+        if os.path.getsize(path) != records * FRAMED_BYTES:
+            return False
+        with open(path, "rb") as f:
+            return f.read(len(FRAMED_PREFIX)) == FRAMED_PREFIX
+    except OSError:
+        return False
+
+
+def decode_framed(frames: Any) -> tuple[Any, Any]:
+    """Decode whole TFRecord frames of our fixed layout (TensorFlow; one call per batch).
+
+    Args:
+        frames: string tensor [K] (or a scalar); each element is the raw bytes of one or more
+            consecutive framed records as they lie in the file (lengths may differ).
+
+    Returns:
+        ``(features float32 [N, 28], labels float32 [N])``, N = total bytes / FRAMED_BYTES —
+        bit-identical to :func:`decode_batch` on the same records.
+
+    Raises:
+        tensorflow.errors.InvalidArgumentError: (when iterated) a record whose frame header or
+            Example layout is not the fixed one — the file was not written by ``higgs convert``.
+    """
+    import tensorflow as tf
+
+    joined = tf.strings.reduce_join(frames) if frames.shape.rank else frames
+    raw = tf.reshape(tf.io.decode_raw(joined, tf.uint8), [-1, FRAMED_BYTES])
+    label_prefix = slice(_FRAMED_LABEL - len(LABEL_PREFIX), _FRAMED_LABEL)
+    ok = tf.logical_and(
+        tf.reduce_all(tf.equal(raw[:, :len(FRAMED_PREFIX)], tf.constant(list(FRAMED_PREFIX), tf.uint8))),
+        tf.reduce_all(tf.equal(raw[:, label_prefix], tf.constant(list(LABEL_PREFIX), tf.uint8))))
+    check = tf.debugging.Assert(ok, ["records are not in the fixed HIGGS layout (179-byte TFRecord frames "
+                                     "of 163-byte Examples); rebuild the dataset with higgs convert"])
+    with tf.control_dependencies([check]):
+        payload = raw[:, _FRAMED_FEATURES:_FRAMED_FEATURES + schema.TENSOR_PAYLOAD_BYTES]
+        features = tf.bitcast(tf.reshape(payload, [-1, schema.NUM_FEATURES, 4]), tf.float32)
+        labels = tf.bitcast(raw[:, _FRAMED_LABEL:_FRAMED_LABEL + 4], tf.float32)
+    return features, labels
 
 
 def encode_examples(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -119,15 +192,62 @@ def frame_records(examples: np.ndarray) -> bytes:
     header = struct.pack("<QI", length, masked_crc32c(struct.pack("<Q", length)))
     framed[:, :12] = np.frombuffer(header, dtype=np.uint8)
     framed[:, 12:12 + length] = examples
-    # One C CRC32C call per record (~0.5 µs incl. the slice); a table-driven numpy version
-    # of the same affine map measured no faster, so the plain loop stays.
-    data = examples.tobytes()
-    value = google_crc32c.value
-    crcs = np.fromiter((value(data[i:i + length]) for i in range(0, n * length, length)),
-                       dtype=np.uint32, count=n)
+    crcs = _example_crcs(examples) if _has_example_layout(examples) else np.fromiter(
+        map(google_crc32c.value, examples), dtype=np.uint32, count=n)  # one C call per record
     masked = ((crcs >> np.uint32(15)) | (crcs << np.uint32(17))) + np.uint32(0xA282EAD8)
     framed[:, 12 + length:] = masked.astype("<u4").view(np.uint8).reshape(n, 4)
     return framed.tobytes()
+
+
+def _has_example_layout(examples: np.ndarray) -> bool:
+    """True when every row is one of our fixed-layout Examples (:func:`encode_examples`)."""
+    if examples.shape[1] != EXAMPLE_BYTES or examples.shape[0] == 0:
+        return False
+    prefix = np.frombuffer(EXAMPLE_PREFIX, np.uint8)
+    label_prefix = np.frombuffer(LABEL_PREFIX, np.uint8)
+    return bool((examples[:, :FEATURES_OFFSET] == prefix).all()
+                and (examples[:, LABEL_OFFSET - len(LABEL_PREFIX):LABEL_OFFSET] == label_prefix).all())
+
+
+# The bytes of a fixed-layout Example that differ between records: features and label.
+_VARIABLE = np.r_[FEATURES_OFFSET:FEATURES_OFFSET + schema.TENSOR_PAYLOAD_BYTES, LABEL_OFFSET:EXAMPLE_BYTES]
+
+
+@functools.cache
+def _crc_tables() -> tuple[int, np.ndarray]:
+    """CRC32C of a fixed-layout Example as an affine map of its variable bytes.
+
+    For a fixed length, CRC-32C is affine over GF(2): ``crc(d) = crc(d0) ^ XOR_j T_j[d_j ^ d0_j]``
+    for any reference record ``d0``. With ``d0`` = the layout with zero feature and label bytes,
+    ``T_j[b]`` = crc of ``d0`` with byte j set to b, xor ``crc(d0)``.
+
+    Returns:
+        ``(crc(d0), uint32 [len(_VARIABLE), 256] tables)``.
+    """
+    base = bytearray(EXAMPLE_PREFIX + bytes(schema.TENSOR_PAYLOAD_BYTES) + LABEL_PREFIX + bytes(4))
+    c0 = google_crc32c.value(bytes(base))
+    tables = np.zeros((len(_VARIABLE), 256), np.uint32)
+    for k, j in enumerate(_VARIABLE):
+        for b in range(1, 256):
+            base[j] = b
+            tables[k, b] = google_crc32c.value(bytes(base)) ^ c0
+        base[j] = 0
+    return c0, tables
+
+
+def _example_crcs(examples: np.ndarray) -> np.ndarray:
+    """CRC32C of every fixed-layout Example, by table lookups over its variable bytes.
+
+    ~0.55 µs a record here against ~0.36 µs for one C call per record, but every step is a
+    numpy operation that releases the GIL, so the threads of the converter's block pool
+    compute CRCs side by side instead of taking turns.
+    """
+    c0, tables = _crc_tables()
+    columns = np.ascontiguousarray(examples[:, _VARIABLE].T)  # [variable bytes, N]
+    crcs = np.full(examples.shape[0], c0, dtype=np.uint32)
+    for table, column in zip(tables, columns, strict=True):
+        crcs ^= np.take(table, column)
+    return crcs
 
 
 def unframe_records(data: bytes, length: int = EXAMPLE_BYTES) -> np.ndarray:

@@ -1,23 +1,27 @@
-"""Find, download or generate the source ``HIGGS.csv.gz`` and fingerprint it.
+"""Find, download or generate the source file and fingerprint it.
 
-    higgs fetch --preset full        # download the UCI file (resumes, verifies) into data/sources/
+    higgs fetch --preset full        # download the UCI higgs.zip (resumes, verifies) into data/sources/
     higgs fetch --preset sample      # generate the embedded sample with pipeline.data.synth
     python -c "from pipeline.data import source; print(source.fingerprint('data/sources/HIGGS.csv.gz'))"
 
-A source is one of:
+A source file is ``HIGGS.csv.gz``, a plain ``HIGGS.csv``, or the UCI ``higgs.zip`` (its one
+member ``HIGGS.csv.gz``, read in place: no unpacking, no second copy on disk), found as
 
 - a local path (must exist),
-- a ``gs://bucket/object`` (must exist; read later by the converter through Beam's GCS
-  filesystem),
+- a ``gs://bucket/object`` (must exist; read later by the converter through
+  :mod:`pipeline.core.storage`),
 - an ``https://`` URL, downloaded once into ``{data_root}/sources/<basename>``: resumable
   (HTTP Range on ``<dest>.part``), verified (size from Content-Length or the configured
   ``data.expected_bytes``, and ``data.sha256`` when given), renamed into place only when
-  verified. The sha256 is always computed and recorded in a sidecar ``<dest>.sha256``,
-- empty: the generated sample ``{data_root}/sources/higgs-synth-r{rows}-s{seed}.csv.gz``.
+  verified, with progress every few seconds (:mod:`pipeline.core.progress`). The sha256 is
+  always computed and recorded in a sidecar ``<dest>.sha256``. When the URL cannot be reached,
+  ``data.mirror`` is tried (verified by ``data.mirror_bytes`` / ``data.mirror_sha256``),
+- empty: the generated sample ``{data_root}/sources/higgs-synth-uci-r{rows}-s{seed}.csv.gz``.
 
-Every failure a user can fix (missing file, unreachable server, corrupted download) raises
-:class:`SourceError` with one line that names the thing and the fix. Nothing here runs at
-import time.
+A zip must hold exactly one ``.csv.gz`` or ``.csv`` member (directories, ``__MACOSX/`` and
+dot files aside); otherwise it fails with one line listing what it holds. Every failure a user
+can fix (missing file, unreachable server, corrupted download) raises :class:`SourceError`
+with one line that names the thing and the fix. Nothing here runs at import time.
 """
 
 from __future__ import annotations
@@ -38,16 +42,26 @@ from urllib.parse import urlparse
 from pipeline.core import storage
 from pipeline.core.config import DataConfig
 from pipeline.core.errors import PipelineError
+from pipeline.core.progress import Progress
 
 _DOWNLOAD_BLOCK = 1 << 20
 _SIDECAR_SUFFIX = ".sha256"
 _PART_SUFFIX = ".part"
 log = logging.getLogger(__name__)
 _USER_AGENT = "higgs-pipeline/1 (+https://archive.ics.uci.edu/dataset/280/higgs)"
+_SOURCE_KINDS = "HIGGS.csv.gz, HIGGS.csv or higgs.zip"
 
 
 class SourceError(PipelineError):
     """The source cannot be found, reached or verified; the message is one line."""
+
+
+class _UnreachableError(SourceError):
+    """The server could not be reached or has no such file (a mirror may help)."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -67,8 +81,12 @@ def is_url(uri: str) -> bool:
 
 
 def synth_path(data_cfg: DataConfig) -> Path:
-    """Where the generated sample for this config lives."""
-    name = f"higgs-synth-r{data_cfg.synth_rows}-s{data_cfg.synth_seed}.csv.gz"
+    """Where the generated sample for this config lives.
+
+    ``uci`` in the name: the sample is in the real file's ``%.18e`` text; a sample written in
+    the earlier short text under the old name is not mistaken for it.
+    """
+    name = f"higgs-synth-uci-r{data_cfg.synth_rows}-s{data_cfg.synth_seed}.csv.gz"
     return Path(data_cfg.data_root) / "sources" / name
 
 
@@ -97,11 +115,14 @@ def resolve(uri: str, data_cfg: DataConfig) -> str:
     if not uri:
         return ensure_source(data_cfg).path
     if is_url(uri):
-        return str(_download_source(uri, data_cfg))
-    if storage.is_gcs(uri):
+        location = str(_download_source(uri, data_cfg)[0])
+    elif storage.is_gcs(uri):
         _check_gcs(uri)
-        return uri
-    return str(_check_local(uri))
+        location = uri
+    else:
+        location = str(_check_local(uri))
+    check_archive(location)
+    return location
 
 
 def ensure_source(data_cfg: DataConfig) -> SourceInfo:
@@ -130,9 +151,10 @@ def ensure_source(data_cfg: DataConfig) -> SourceInfo:
         fp = fingerprint(str(path))
         return SourceInfo(path=str(path), uri=str(path), bytes=fp["bytes"], sha256=fp["sha256"])
     if is_url(src):
-        path = _download_source(src, data_cfg)
+        path, url = _download_source(src, data_cfg)
+        check_archive(str(path))
         fp = fingerprint(str(path))
-        return SourceInfo(path=str(path), uri=src, bytes=fp["bytes"], sha256=fp["sha256"])
+        return SourceInfo(path=str(path), uri=url, bytes=fp["bytes"], sha256=fp["sha256"])
     location = resolve(src, data_cfg)
     fp = fingerprint(location)
     return SourceInfo(path=location, uri=src, bytes=fp["bytes"], sha256=fp.get("sha256", ""),
@@ -163,6 +185,23 @@ def fingerprint(uri: str) -> dict[str, Any]:
         return {"uri": uri, "bytes": int(blob.size), "crc32c": blob.crc32c}
     path = _check_local(uri)
     return {"uri": str(uri), "bytes": path.stat().st_size, "sha256": _sha256_cached(path)}
+
+
+def check_archive(location: str) -> None:
+    """Fail early, in one line, when ``location`` is a zip without exactly one rows member.
+
+    Args:
+        location: a local path or gs:// object; anything but a zip passes.
+
+    Raises:
+        pipeline.data.textblocks.ArchiveError: an unreadable zip, or not exactly one
+            ``.csv.gz``/``.csv`` member (the message lists what it holds).
+    """
+    from pipeline.data import textblocks
+
+    with storage.open_read(location) as raw:
+        if textblocks.is_zip(raw):
+            textblocks.open_member(raw, location).close()
 
 
 def download(
@@ -216,7 +255,7 @@ def download(
             # A server that never answered is unreachable (offline, wrong host): say so at
             # once instead of retrying for minutes. Dropped transfers are retried.
             if not reached or failures > retries:
-                raise SourceError(_unreachable(url, exc.reason)) from None
+                raise _UnreachableError(_unreachable(url, exc.reason), exc.reason) from None
             time.sleep(min(0.2 * 2**failures, 5.0))
             continue
         reached = True
@@ -225,7 +264,8 @@ def download(
             # The connection closed early without an error: resume from where it stopped.
             failures = 0 if written else failures + 1
             if failures > retries:
-                raise SourceError(_unreachable(url, f"transfer stopped at {size} of {total} bytes"))
+                reason = f"transfer stopped at {size} of {total} bytes"
+                raise _UnreachableError(_unreachable(url, reason), reason)
             continue
         break
     _verify(url, part, expected_bytes or (total or 0), sha256)
@@ -279,21 +319,29 @@ def _fetch(url: str, part: Path, have: int, timeout: float) -> tuple[int | None,
             answered = True
             total = _total_size(resp, have)
             # 206 = the server honoured the Range; anything else sends the whole file again.
-            with open(part, "ab" if resp.status == 206 else "wb") as f:
+            resumed = have if resp.status == 206 else 0
+            name = Path(urlparse(url).path).name
+            with open(part, "ab" if resumed else "wb") as f, Progress(
+                    f"download {name}", total=total, unit="bytes", initial=resumed) as progress:
                 while True:
                     block = resp.read(_DOWNLOAD_BLOCK)
                     if not block:
                         break
                     f.write(block)
                     written += len(block)
+                    progress.add(len(block))
             return total, written
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:
             return have, 0  # nothing left to fetch: the partial file is already whole
         if exc.code >= 500 or exc.code == 429:
             raise _TransientError(f"HTTP {exc.code} {exc.reason}", True, False) from None
-        raise SourceError(f"cannot download {url}: HTTP {exc.code} {exc.reason}; check the URL "
-                          "or pass --source with a local path or gs:// copy") from None
+        reason = f"HTTP {exc.code} {exc.reason}"
+        message = (f"cannot download {url}: {reason}; check the URL or pass --source with a local "
+                   "path or gs:// copy")
+        if exc.code in (403, 404, 410):
+            raise _UnreachableError(message, reason) from None
+        raise SourceError(message) from None
     except urllib.error.URLError as exc:
         raise _TransientError(_reason(exc.reason), answered, written > 0) from None
     except (http.client.HTTPException, ConnectionError, TimeoutError) as exc:
@@ -335,23 +383,42 @@ def _complete(dest: Path, expected_bytes: int, sha256: str) -> bool:
     return not sha256 or _sha256_cached(dest) == sha256
 
 
-def _download_source(url: str, data_cfg: DataConfig) -> Path:
-    # The configured size/checksum describe data_cfg.source; apply them only to that URL
-    # (or to any URL when the config names none).
+def _download_source(url: str, data_cfg: DataConfig) -> tuple[Path, str]:
+    """Download ``url`` (or, when it cannot be reached, ``data.mirror``); return (path, URL used).
+
+    The configured size/checksum describe ``data.source`` (and the mirror's describe the
+    mirror): they apply only to that URL, or to any URL when the config names none. A
+    complete earlier download of either is reused without any network access.
+    """
     ours = data_cfg.source in ("", url)
-    return download(
-        url,
-        download_path(url, data_cfg),
-        expected_bytes=data_cfg.expected_bytes if ours else 0,
-        sha256=data_cfg.sha256 if ours else "",
-    )
+    targets = [(url, data_cfg.expected_bytes if ours else 0, data_cfg.sha256 if ours else "")]
+    if ours and data_cfg.mirror and data_cfg.mirror != url:
+        targets.append((data_cfg.mirror, data_cfg.mirror_bytes, data_cfg.mirror_sha256))
+    for target, size, digest in targets:
+        dest = download_path(target, data_cfg)
+        if dest.is_file() and _complete(dest, size, digest.strip().lower()):
+            return dest, target
+    failures = []
+    for target, size, digest in targets:
+        try:
+            return download(target, download_path(target, data_cfg), expected_bytes=size,
+                            sha256=digest), target
+        except _UnreachableError as exc:
+            failures.append(exc)
+            if len(targets) > 1 and target == url:
+                log.warning("%s; trying the mirror %s", exc, data_cfg.mirror)
+    if len(failures) == 1:
+        raise SourceError(str(failures[0]))
+    raise SourceError(f"cannot download {url} ({failures[0].reason}) nor its mirror "
+                      f"{data_cfg.mirror} ({failures[1].reason}); download either yourself and pass "
+                      f"--source /path/to/it ({_SOURCE_KINDS}) or a gs:// copy")
 
 
 def _check_local(uri: str) -> Path:
     path = Path(uri).expanduser()
     if not path.is_file():
         what = "is a directory, not a file" if path.is_dir() else "does not exist"
-        raise SourceError(f"source {uri} {what}; pass an existing HIGGS.csv.gz, a gs:// object "
+        raise SourceError(f"source {uri} {what}; pass an existing {_SOURCE_KINDS}, a gs:// object "
                           "or an https:// URL (or no --source for the generated sample)")
     return path
 
@@ -369,7 +436,8 @@ def _gcs_blob(uri: str):
             f"cannot read {uri}: {_reason(exc)}; check the bucket name and your access"
         ) from None
     if blob is None:
-        raise SourceError(f"source {uri} does not exist; upload HIGGS.csv.gz there or pass another --source")
+        raise SourceError(f"source {uri} does not exist; upload {_SOURCE_KINDS} there or pass "
+                          "another --source")
     return blob
 
 

@@ -11,8 +11,9 @@ AUC for comparison, and — when ``evaluate.baseline`` is on — the LightGBM ba
 predictions on the same rows. Then, in ``RUN/report/``:
 
 * ``metrics.json`` (contract: ``auc``, ``auc_ci95``, ``accuracy``, ``log_loss``,
-  ``test_rows``; plus ``keras_auc``, ``keras_auc_diff``, ``working_points``, ``baseline``,
-  ``blessed`` and more),
+  ``test_rows``; plus ``feature_set`` and ``feature_names`` (the columns both the model and
+  the baseline read, ``model.features``), ``keras_auc``, ``keras_auc_diff``,
+  ``working_points``, ``baseline``, ``blessed`` and more),
 * ``blessing.json`` — the decision against ``evaluate.auc_floor``, the currently
   published model (``OUT/latest.json``) and the data validation, with its reasons; written
   last (``higgs publish`` needs it), and removed first, so a failed re-evaluation leaves no
@@ -20,6 +21,8 @@ predictions on the same rows. Then, in ``RUN/report/``:
 * ``report.md``, ``roc.png``, ``scores.png``, ``history.png``;
 
 and ``RUN/model/saved_model/`` is exported if missing, with a reload check on test rows.
+:func:`evaluate_run` does the same and also returns the test labels and both classifiers'
+scores (``higgs paper`` draws several runs' ROC curves in one plot from them).
 """
 
 from __future__ import annotations
@@ -30,15 +33,16 @@ import logging
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.core import rundir
-from pipeline.core.config import Config, EvaluateConfig, to_yaml
+from pipeline.core import rundir, schema
+from pipeline.core.config import Config, EvaluateConfig, read_config, to_yaml
 from pipeline.core.errors import PipelineError
-from pipeline.data import dataset
+from pipeline.data import dataset, verify
 from pipeline.evaluation import export, metrics, report
 
 if TYPE_CHECKING:
@@ -71,13 +75,27 @@ def read_batches(
         batch_size: rows per batch.
         max_rows: stop after this many rows (the last batch is cut).
     """
+    import tensorflow as tf
+
     from pipeline.training import inputs
 
     # One pass: a cache would only hold memory (and warn when the pass stops early).
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, cache=False))
     ds = inputs.make_dataset(data, split, cfg, training=False, batch_size=batch_size)
     seen = 0
-    for features, labels in ds:
+    it = iter(ds)
+    while True:
+        try:
+            features, labels = next(it)
+        except StopIteration:
+            return
+        except tf.errors.OpError as exc:
+            if not verify.is_read_error(exc):
+                raise
+            # The shards passed the check when the read began: they changed since. Name the shard.
+            verify.verify_dataset(data, splits=(split,), use_cache=False)
+            raise EvaluateError(f"reading the {split} split of {data} failed ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0]}); check it with 'higgs verify {data}'") from None
         x, y = features.numpy(), labels.numpy().reshape(-1)
         if max_rows is not None and seen + len(y) >= max_rows:
             yield x[:max_rows - seen], y[:max_rows - seen]
@@ -206,13 +224,47 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
+def trained_feature_set(cfg: Config, run: str | Path) -> str:
+    """The feature set the run's model was trained on (its ``config.yaml``; else ``cfg``'s).
+
+    The baseline must read the same columns as the model, and a run remembers what it was
+    trained with, so ``higgs evaluate`` needs no ``--set model.features=…`` to match it.
+    """
+    path = Path(rundir.config_path(run))
+    if not path.is_file():
+        return cfg.model.features
+    trained = read_config(path).model.features
+    if trained != cfg.model.features:
+        log.info("%s was trained on the %r feature set; the baseline uses it too (config says %r)",
+                 run, trained, cfg.model.features)
+    return trained
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation: the metrics written to ``metrics.json`` and the scores behind them.
+
+    Attributes:
+        metrics: the ``metrics.json`` content.
+        labels: float32 [test_rows] 0/1 labels, in the test split's file order.
+        deep: float32 [test_rows] the deep model's signal probabilities.
+        baseline: float64 [test_rows] the BDT's, or None with ``evaluate.baseline`` off.
+    """
+
+    metrics: dict[str, Any]
+    labels: np.ndarray
+    deep: np.ndarray
+    baseline: np.ndarray | None
+
+
 def evaluate(cfg: Config, data: str | dataset.Dataset, run_dir: str,
              published_metrics: dict[str, Any] | None = None, published_at: str = "",
              validation: ValidationReport | None = None) -> dict[str, Any]:
     """Evaluate ``RUN/model/model.keras`` on every test row and write ``RUN/report/``.
 
     Args:
-        cfg: the resolved config (``evaluate`` section: batch size, baseline, floor, ...).
+        cfg: the resolved config (``evaluate`` section: batch size, baseline, floor, ...;
+            the baseline reads the feature set the run was trained on, :func:`trained_feature_set`).
         data: the converted dataset (``DATA/manifest.json`` and shards).
         run_dir: the trained run directory.
         published_metrics: the metrics of the model published now (with ``run_id``), to bless
@@ -229,6 +281,33 @@ def evaluate(cfg: Config, data: str | dataset.Dataset, run_dir: str,
         EvaluateError: missing model, empty or inconsistent test split.
         pipeline.data.dataset.DatasetError: ``data`` is not a dataset.
     """
+    return evaluate_run(cfg, data, run_dir, published_metrics, published_at, validation).metrics
+
+
+def evaluate_run(cfg: Config, data: str | dataset.Dataset, run_dir: str,
+                 published_metrics: dict[str, Any] | None = None, published_at: str = "",
+                 validation: ValidationReport | None = None) -> Evaluation:
+    """:func:`evaluate`, also returning the test labels and both classifiers' scores.
+
+    Args:
+        cfg: the resolved config (``evaluate`` section: batch size, baseline, floor, ...).
+        data: the converted dataset (``DATA/manifest.json`` and shards).
+        run_dir: the trained run directory.
+        published_metrics: the metrics of the model published now (with ``run_id``), to bless
+            against; None when nothing is published
+            (:func:`pipeline.publish.store.published_metrics` reads them).
+        published_at: where published models live, for the blessing's wording.
+        validation: the data validation of ``data`` (see :func:`evaluate`).
+
+    Returns:
+        The :class:`Evaluation` (its ``metrics`` are also in ``RUN/report/metrics.json``).
+
+    Raises:
+        EvaluateError: missing model, empty or inconsistent test split.
+        pipeline.data.dataset.DatasetError: ``data`` is not a dataset.
+        pipeline.data.verify.IntegrityError: a test (or baseline training) shard is missing,
+            short or corrupt (checked before anything is written).
+    """
     from pipeline.core.tfk import keras
 
     ecfg = cfg.evaluate
@@ -239,6 +318,8 @@ def evaluate(cfg: Config, data: str | dataset.Dataset, run_dir: str,
                             f"'higgs train --data {data} --out {run_dir}'")
     data = dataset.open_dataset(data)
     manifest = data.manifest
+    # A missing, short or corrupt shard ends here in one line, before anything is written.
+    verify.verify_dataset(data, splits=("training", "test") if ecfg.baseline else ("test",))
     test_rows = data.rows("test")
     out_dir = Path(rundir.report_dir(run))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -246,6 +327,7 @@ def evaluate(cfg: Config, data: str | dataset.Dataset, run_dir: str,
     # re-evaluation that fails midway cannot leave a stale "blessed" beside a new model.
     Path(rundir.blessing_path(run)).unlink(missing_ok=True)
 
+    features = trained_feature_set(cfg, run)
     model = export.load_model(model_path)
     bdt = None
     if ecfg.baseline:
@@ -254,7 +336,7 @@ def evaluate(cfg: Config, data: str | dataset.Dataset, run_dir: str,
         log.info("baseline: read %d training rows in %.1f s", len(y_train), time.perf_counter() - start)
         from pipeline.evaluation import baseline
 
-        bdt = baseline.fit(x_train, y_train, ecfg)
+        bdt = baseline.fit(x_train, y_train, ecfg, feature_set=features)
         del x_train, y_train
 
     # One pass over the test split: bounded memory, one float per row kept per classifier.
@@ -284,6 +366,8 @@ def evaluate(cfg: Config, data: str | dataset.Dataset, run_dir: str,
 
     result: dict[str, Any] = metrics.summary(labels, deep, bootstrap=ecfg.bootstrap)
     result["test_rows"] = result.pop("rows")
+    result["feature_set"] = features
+    result["feature_names"] = list(schema.FEATURE_SETS[features])
     result["keras_auc"] = float(keras_auc.result().numpy())
     result["keras_auc_diff"] = result["auc"] - result["keras_auc"]
     result["predict_seconds"] = round(predict_seconds, 2)
@@ -319,5 +403,6 @@ def evaluate(cfg: Config, data: str | dataset.Dataset, run_dir: str,
                           config_yaml=config_yaml, history=history, metrics_dict=result,
                           blessing=blessing)
     Path(rundir.blessing_path(run)).write_text(json.dumps(blessing, indent=1) + "\n")
-    log.info("wrote %s (AUC %.4f, blessed %s)", out_dir, result["auc"], result["blessed"])
-    return result
+    log.info("wrote %s (AUC %.4f on %s features, blessed %s)", out_dir, result["auc"], features,
+             result["blessed"])
+    return Evaluation(metrics=result, labels=labels, deep=deep, baseline=bdt_scores)

@@ -130,22 +130,27 @@ def check_reload(path: str | Path, model: Any, features: np.ndarray,
 
 def export_run(run_dir: str | Path, features: np.ndarray | None = None,
                model: Any = None, force: bool = False) -> dict[str, Any]:
-    """Export ``RUN/model/model.keras`` to ``RUN/model/saved_model`` if missing, then check it.
+    """Export ``RUN/model/model.keras`` to ``RUN/model/saved_model`` if missing or older, then check it.
+
+    Older: a model trained again into the same run directory is newer than its export, which
+    is then written again (an old export would fail the reload check, or worse, be served).
 
     Args:
         run_dir: the run directory.
         features: rows for the reload check (default: 1,024 standard-normal rows).
         model: the already loaded Keras model (loaded from the run when omitted).
-        force: re-export even if a SavedModel exists.
+        force: re-export even if an up-to-date SavedModel exists.
 
     Returns:
-        ``{"path", "exported" (False if it already existed), "reload_max_abs_diff",
+        ``{"path", "exported" (False if an up-to-date one existed), "reload_max_abs_diff",
         "reload_rows"}``.
     """
     path = saved_model_dir(run_dir)
     if model is None:
         model = load_model(rundir.model_path(run_dir))
-    exported = force or not (path / "saved_model.pb").is_file()
+    pb, keras_file = path / "saved_model.pb", Path(rundir.model_path(run_dir))
+    exported = (force or not pb.is_file()
+                or (keras_file.is_file() and pb.stat().st_mtime_ns < keras_file.stat().st_mtime_ns))
     if exported:
         export_saved_model(model, path)
     if features is None:

@@ -172,7 +172,7 @@ def _config_section(config_yaml: str) -> list[str]:
     import yaml
 
     cfg = yaml.safe_load(config_yaml) or {}
-    keys = {"model": ("blocks", "units", "activation", "dropout", "batch_norm", "wide"),
+    keys = {"model": ("features", "blocks", "units", "activation", "dropout", "batch_norm", "wide"),
             "train": ("epochs", "batch_size_per_replica", "optimizer", "learning_rate", "schedule",
                       "strategy", "workers", "mixed_precision"),
             "evaluate": ("batch_size", "auc_floor", "max_auc_regression", "baseline",
@@ -218,6 +218,22 @@ def _metrics_table(m: Mapping[str, Any]) -> list[str]:
         rows.append(f"| background rejection at {_level(key)} signal efficiency | "
                     f"{_pct(values)} | {_pct(other)} |")
     return rows
+
+
+# How report.md names each feature set (pipeline.core.schema.FEATURE_SETS), as in Baldi et al. 2014.
+FEATURE_SET_TITLES = {"low": "low-level", "high": "high-level", "all": "complete"}
+
+
+def feature_set_line(m: Mapping[str, Any]) -> str:
+    """One sentence naming the feature set both classifiers read (from ``metrics.json``)."""
+    name = m.get("feature_set", "all")
+    names = m.get("feature_names") or []
+    title = FEATURE_SET_TITLES.get(name, name)
+    if name == "all":
+        return f"Features: **{title}** (`model.features=all`, all {len(names) or 28} columns)."
+    return (f"Features: **{title}** (`model.features={name}`, {len(names)} of 28 columns: "
+            f"{', '.join(f'`{n}`' for n in names)}); the model selects them inside its graph "
+            "and still serves [None, 28] rows, and the BDT baseline reads the same columns.")
 
 
 def _data_section(data: str, manifest: Mapping[str, Any]) -> list[str]:
@@ -340,6 +356,7 @@ def write_markdown(
         f"# HIGGS run report — `{Path(run_dir).name}`", "",
         f"Evaluated {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')} on "
         f"{m['test_rows']:,} test rows. Blessing: {decision}.", "",
+        feature_set_line(m), "",
         *_data_section(data, manifest),
         *_config_section(config_yaml),
         *_history_section(history),

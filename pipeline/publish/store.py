@@ -196,6 +196,7 @@ def publish(
         raise PublishError(f"{model_file} changed after {blessing_file} was written; re-run "
                            f"'higgs evaluate --data DATA --run {run_dir}' before publishing")
 
+    storage.check_destination(to, what="--to")  # seconds, one line: no bucket, no login, no access
     run_id = run.resolve().name
     dest = storage.join(to, run_id)
     in_place = _same_place(run, dest)

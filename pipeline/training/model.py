@@ -4,7 +4,10 @@
 from pipeline.training.model import build_wide_and_deep; \
 build_wide_and_deep(load_config('sample').model).summary()"
 
-Two branches read the same float32 ``features`` [None, 28] input:
+The input is always float32 ``features`` [None, 28] (the serving contract). With
+``model.features`` = ``low`` or ``high`` a :class:`SelectFeatures` layer right after the input
+keeps the 21 low-level or the 7 high-level columns (``pipeline.core.schema.FEATURE_SETS``), so
+a model trained on a subset still serves full rows. Two branches read the selected columns:
 
 * **wide** — one linear unit over the raw features (a logistic regression);
 * **deep** — ``blocks`` × :func:`deep_block` (Dense → BatchNormalization → activation →
@@ -27,6 +30,39 @@ from pipeline.core.tfk import keras
 from pipeline.training.optim import kernel_regularizer
 
 OUTPUT_NAME = "probability"
+
+
+@keras.saving.register_keras_serializable(package="higgs")
+class SelectFeatures(keras.layers.Layer):
+    """Keep the given columns of a [batch, 28] input (a gather inside the graph).
+
+    Registered with Keras, so ``model.keras`` files that contain it load wherever this module
+    is imported (:func:`pipeline.evaluation.export.load_model` imports it); the SavedModel
+    export needs nothing but TensorFlow.
+
+    Args:
+        columns: 0-based indices into the 28 features, in output order.
+    """
+
+    def __init__(self, columns: tuple[int, ...] | list[int], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.columns = tuple(int(c) for c in columns)
+        if not self.columns:
+            raise ValueError("SelectFeatures needs at least one column")
+
+    def call(self, inputs: Any) -> Any:
+        """Return ``inputs[:, columns]``."""
+        import tensorflow as tf
+
+        return tf.gather(inputs, self.columns, axis=-1)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        """Same batch dimension, ``len(columns)`` features."""
+        return (*tuple(input_shape)[:-1], len(self.columns))
+
+    def get_config(self) -> dict[str, Any]:
+        """The layer config plus ``columns`` (for saving)."""
+        return {**super().get_config(), "columns": list(self.columns)}
 
 
 def deep_block(
@@ -74,15 +110,16 @@ def build_wide_and_deep(model_cfg: ModelConfig, *, dtype_policy: str | None = No
 
     Args:
         model_cfg: the ``model`` section: ``blocks``, ``units``, ``activation``, ``dropout``,
-            ``batch_norm``, ``l1``/``l2`` (kernel regularizers of all Dense layers) and
-            ``wide`` (False drops the linear branch).
+            ``batch_norm``, ``l1``/``l2`` (kernel regularizers of all Dense layers),
+            ``wide`` (False drops the linear branch) and ``features`` (``all``, or the
+            ``low``/``high`` columns selected by a :class:`SelectFeatures` layer).
         dtype_policy: Keras dtype policy for the hidden layers, e.g. ``"mixed_bfloat16"``;
             None uses the global policy. The output sigmoid is float32 either way.
         name: model name.
 
     Returns:
         A functional ``keras.Model``: input ``features`` float32 [None, 28] → output
-        ``probability`` float32 [None, 1].
+        ``probability`` float32 [None, 1], whatever the feature set.
 
     Raises:
         ValueError: ``blocks`` < 1 with ``wide`` false (no branch left), or bad sizes.
@@ -96,15 +133,20 @@ def build_wide_and_deep(model_cfg: ModelConfig, *, dtype_policy: str | None = No
         raise ValueError(f"model.dropout must be in [0, 1), got {model_cfg.dropout}")
     regularizer = kernel_regularizer(model_cfg)
     features = keras.Input(shape=(schema.NUM_FEATURES,), dtype="float32", name=schema.FEATURES_KEY)
+    selected = features
+    if model_cfg.features != "all":
+        # float32: a gather of input columns, nothing to compute in a lower precision.
+        selected = SelectFeatures(schema.feature_columns(model_cfg.features), dtype="float32",
+                                  name=f"select_{model_cfg.features}")(features)
 
     logits = []
     if model_cfg.wide:
         wide = keras.layers.Dense(1, kernel_regularizer=regularizer, dtype=dtype_policy,
-                                  name="wide_linear")(features)
+                                  name="wide_linear")(selected)
         logits.append(wide)
 
     if model_cfg.blocks > 0:
-        x = features
+        x = selected
         for i in range(model_cfg.blocks):
             x = deep_block(x, model_cfg.units, activation=model_cfg.activation,
                            dropout=model_cfg.dropout, batch_norm=model_cfg.batch_norm,

@@ -10,9 +10,17 @@ directories they delete, TensorFlow's multi-worker saving rule)::
     RUN/config.yaml            the resolved config
     RUN/model/model.keras      the model with the best validation AUC (EarlyStopping restores it)
     RUN/logs/                  TensorBoard
-    RUN/checkpoints/backup/    BackupAndRestore: a killed run resumes at the next epoch
-    RUN/checkpoints/best_model.keras
+    RUN/checkpoints/           the resumable state, kept until model.keras is in place:
+        backup/                  BackupAndRestore (model, optimizer, epoch)
+        state.json               early stopping / LR plateau counters of the backed-up epoch
+        best-epoch-NNNN.weights.npz   the best epoch's weights so far
     RUN/history.json           {"epoch": [...], "loss": [...], "auc": [...], ..., "lr": [...]}
+
+Nothing is lost on a kill (``docs/faults.md``): every epoch ends in one ordered commit
+(:class:`EpochCommit`: best weights, ``history.json``, callback state, then the backup as the
+commit point), so a rerun resumes after the last committed epoch with the same early-stopping
+and learning-rate state and a history without gaps; the final model is written to a temporary
+name and renamed, and only then is the resumable state removed.
 
 This module trains in this process only: alone, or as one worker of a ``TF_CONFIG`` cluster.
 Which backend runs it (here, a local cluster of worker processes, a Vertex AI job) is chosen
@@ -24,9 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
-import math
+import os
 import shutil
 import tempfile
 import time
@@ -34,20 +41,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.core import rundir
+from pipeline.core import faults, rundir, storage
 from pipeline.core.config import Config, write_config
 from pipeline.core.errors import PipelineError
 from pipeline.core.rundir import TrainResult
 from pipeline.core.tfk import keras
-from pipeline.data import dataset
+from pipeline.data import dataset, verify
 from pipeline.training import strategy as strategy_lib
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
+from pipeline.training.callbacks import (
+    EpochCommit,
+    EtaLogger,
+    HistoryJson,
+    _duration,
+    _KillPoints,
+    _StepTimer,
+)
+
 log = logging.getLogger(__name__)
 
 ESTIMATE_MAX_SPE = 4  # steps_per_execution used by estimate() (see there)
+TRAIN_SPLITS = ("training", "validation")  # what a run reads
 
 
 class TrainError(PipelineError):
@@ -120,8 +137,10 @@ def run_training(cfg: Config, data: str | dataset.Dataset, run_dir: str) -> Trai
         :class:`~pipeline.core.rundir.TrainResult` of the chief's outputs.
 
     Raises:
-        TrainError: the run directory is unusable.
+        TrainError: the run directory is unusable, or the data changed while being read.
         pipeline.data.dataset.DatasetError: ``data`` is not a dataset.
+        pipeline.data.verify.IntegrityError: a training or validation shard is missing, short
+            or corrupt (checked before anything is written).
         pipeline.training.strategy.StrategyError: the strategy cannot be created here.
     """
     if "://" in run_dir:
@@ -130,8 +149,12 @@ def run_training(cfg: Config, data: str | dataset.Dataset, run_dir: str) -> Trai
     if cfg.train.workers > 1 and not strategy_lib.is_worker_process():
         raise TrainError(f"train.workers={cfg.train.workers} needs a cluster: run it through "
                          "pipeline.backends.train (higgs train --workers N starts one on 127.0.0.1)")
-    # A bad path fails here, before anything heavy; the manifest is read once.
-    return _train_here(cfg, dataset.open_dataset(data), Path(run_dir))
+    # A bad path, or a missing, short or corrupt shard, fails here: before anything heavy and
+    # before the run directory exists. The manifest is read once.
+    data = dataset.open_dataset(data)
+    verify.verify_dataset(data, splits=TRAIN_SPLITS)
+    storage.check_destination(run_dir, what="--out")
+    return _train_here(cfg, data, Path(run_dir))
 
 
 def estimate(cfg: Config, data: str | dataset.Dataset, *, min_seconds: float = 3.0,
@@ -266,6 +289,7 @@ def _train_here(cfg: Config, data: dataset.Dataset, run_dir: Path) -> TrainResul
         out.mkdir(parents=True, exist_ok=True)
         if chief:
             write_config(cfg, rundir.config_path(out))
+            _remove_stale_model_files(out)
         model = compiled_model(cfg, strategy, steps)
         train_ds = inputs.distributed_dataset(strategy, data, "training", cfg, True)
         # Repeated + full batches: every replica sees the same number of validation steps,
@@ -273,44 +297,90 @@ def _train_here(cfg: Config, data: dataset.Dataset, run_dir: Path) -> TrainResul
         val_ds = inputs.distributed_dataset(strategy, data, "validation", cfg, False,
                                             repeat=True, drop_remainder=True)
         history_cb = HistoryJson(out)
-        callbacks = [
-            # Shared by all workers: BackupAndRestore itself redirects non-chief writes.
-            keras.callbacks.BackupAndRestore(rundir.backup_dir(run_dir)),
-            optim.WeightNormCallback(),
-            EtaLogger(epochs=cfg.train.epochs, steps_per_epoch=steps, enabled=chief),
-        ]
+        early_stopping = keras.callbacks.EarlyStopping(
+            monitor="val_auc", mode="max", patience=cfg.train.early_stopping_patience,
+            restore_best_weights=True, verbose=1 if chief else 0)
+        reduce_lr = None
         if cfg.train.reduce_lr:
-            callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            reduce_lr = keras.callbacks.ReduceLROnPlateau(
                 monitor="val_loss", mode="min", factor=cfg.train.reduce_lr_factor,
                 patience=cfg.train.reduce_lr_patience, min_delta=cfg.train.reduce_lr_min_delta,
-                min_lr=cfg.train.reduce_lr_min_lr, verbose=1 if chief else 0))
-        callbacks += [
-            keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
-                                          patience=cfg.train.early_stopping_patience,
-                                          restore_best_weights=True, verbose=1 if chief else 0),
-            keras.callbacks.ModelCheckpoint(rundir.best_model_path(run_dir), monitor="val_auc",
-                                            mode="max", save_best_only=True),
+                min_lr=cfg.train.reduce_lr_min_lr, verbose=1 if chief else 0)
+        callbacks = [
+            optim.WeightNormCallback(),
+            EtaLogger(epochs=cfg.train.epochs, steps_per_epoch=steps, enabled=chief),
+            *([reduce_lr] if reduce_lr else []),
+            early_stopping,
             keras.callbacks.TensorBoard(rundir.logs_dir(run_dir), update_freq="epoch", profile_batch=0),
+            *([_KillPoints(steps)] if faults.enabled() else []),
+            # Last, in this order: the epoch's history row, then its commit (see EpochCommit).
             history_cb,
+            EpochCommit(run_dir, out, chief=chief, epochs=cfg.train.epochs,
+                        early_stopping=early_stopping, reduce_lr=reduce_lr),
         ]
         start = time.perf_counter()
-        model.fit(train_ds, epochs=cfg.train.epochs, steps_per_epoch=steps, validation_data=val_ds,
-                  validation_steps=val_steps, callbacks=callbacks, verbose=2 if chief else 0)
+        try:
+            model.fit(train_ds, epochs=cfg.train.epochs, steps_per_epoch=steps, validation_data=val_ds,
+                      validation_steps=val_steps, callbacks=callbacks, verbose=2 if chief else 0)
+        except Exception as exc:
+            _raise_input_error(exc, data)
+            raise
         elapsed = time.perf_counter() - start
 
+        # Every worker saves (reads of synced variables are collective); the chief's file is
+        # renamed into place only when complete, and the resumable state outlives the rename.
         model_path = Path(rundir.model_path(out))
         model_path.parent.mkdir(parents=True, exist_ok=True)
-        model.save(model_path)  # every worker saves (reads of synced variables are collective)
+        tmp = Path(rundir.model_tmp_path(out, str(os.getpid())))
+        model.save(tmp)
+        faults.point("train.before_model_rename")
+        os.replace(tmp, model_path)
         digest = weights_digest(model)
         steps_done = int(model.optimizer.iterations.numpy())
         log.info("finished: %d optimizer steps in %.1f s; weights_sha256=%s", steps_done, elapsed, digest)
         _barrier(strategy)  # the chief must not exit while other workers still talk to it
+        if chief:
+            faults.point("train.before_cleanup")
+            remove_resume_state(run_dir)
     finally:
         if not chief:
             shutil.rmtree(out, ignore_errors=True)
     if not chief:  # its outputs are gone; report the chief's paths with this worker's history
         return TrainResult.from_history(run_dir, history_cb.history)
     return TrainResult.from_run_dir(run_dir)
+
+
+def _raise_input_error(exc: Exception, data: dataset.Dataset) -> None:
+    """Turn TensorFlow's read error of a shard that changed after the check into one line.
+
+    The framed fast reader (``inputs._framed_dataset``) asserts the frame layout of every
+    record; ``TFRecordDataset`` raises DataLossError on a bad CRC. Either way an uncached check
+    names the shard and the byte offset (:func:`pipeline.data.verify.is_read_error`).
+    """
+    if verify.is_read_error(exc):
+        verify.verify_dataset(data, splits=TRAIN_SPLITS, use_cache=False)
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise TrainError(f"reading {data} failed during training ({type(exc).__name__}: {first}); "
+                         f"check the dataset with 'higgs verify {data}'") from None
+
+
+def _remove_stale_model_files(run: Path) -> None:
+    """Delete temporary model files a killed run left beside ``model/model.keras``."""
+    for path in Path(rundir.model_dir(run)).glob(rundir.MODEL_TMP_PATTERN):
+        path.unlink(missing_ok=True)
+
+
+def remove_resume_state(run: str | Path) -> None:
+    """Remove the resumable state of a finished run (after ``model.keras`` is in place).
+
+    The backup goes first: a kill midway leaves callback state without a backup, which a
+    later run ignores (it starts fresh), never a backup without its callback state.
+    """
+    shutil.rmtree(rundir.backup_dir(run), ignore_errors=True)
+    Path(rundir.backup_dir(run)).mkdir(parents=True, exist_ok=True)
+    Path(rundir.state_path(run)).unlink(missing_ok=True)
+    for path in Path(rundir.checkpoints_dir(run)).glob(rundir.BEST_WEIGHTS_PATTERN):
+        path.unlink(missing_ok=True)
 
 
 def weights_digest(model: Any) -> str:
@@ -331,155 +401,3 @@ def _barrier(strategy: tf.distribute.Strategy) -> None:
 
     total = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
     log.debug("barrier passed by %d replicas", int(total.numpy()))
-
-
-# --- callbacks --------------------------------------------------------------------------------
-
-
-class HistoryJson(keras.callbacks.Callback):
-    """Write ``history.json`` after every epoch (kept across resumes).
-
-    Entries for epochs at or after the current one are replaced, so a resumed run keeps the
-    epochs before the interruption and a fresh run in an old directory starts clean. ``lr``
-    is the rate in effect during the epoch (read when it begins).
-    """
-
-    def __init__(self, run: Path) -> None:
-        super().__init__()
-        self.run = run
-        self.history: dict[str, list[Any]] = {k: [] for k in rundir.HISTORY_KEYS}
-        self._lr = float("nan")
-
-    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        """Load the history of an interrupted run in the same directory, if any."""
-        try:
-            self.history = rundir.read_history(self.run) or self.history
-        except (OSError, json.JSONDecodeError):
-            log.warning("ignoring unreadable %s", rundir.history_path(self.run))
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        """Remember the learning rate this epoch trains with."""
-        self._lr = current_lr(self.model)
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        """Append this epoch's metrics and rewrite the file atomically."""
-        logs = logs or {}
-        epochs = self.history.get("epoch", [])
-        keep = [i for i, e in enumerate(epochs) if e < epoch]
-        history = {k: [v[i] for i in keep] for k, v in self.history.items() if len(v) == len(epochs)}
-        row: dict[str, Any] = {"epoch": epoch, "lr": self._lr}
-        row.update({k: logs.get(k) for k in rundir.HISTORY_KEYS[1:-1]})
-        # Kernel norms from optim.WeightNormCallback: total and per layer ("weight_norm/<layer>").
-        row.update({k: v for k, v in logs.items() if k.startswith("weight_norm")})
-        for key, value in row.items():
-            column = history.setdefault(key, [None] * len(keep))
-            column.append(None if value is None else (int(value) if key == "epoch" else float(value)))
-        self.history = history
-        rundir.write_history(self.run, history)  # atomic: a reader (or a kill) never sees half a file
-
-
-def current_lr(model: Any) -> float:
-    """The optimizer's current learning rate as a float (schedules evaluated at this step)."""
-    return float(keras.backend.get_value(model.optimizer.learning_rate))
-
-
-class EtaLogger(keras.callbacks.Callback):
-    """Log progress and the estimated time of the whole run.
-
-    After the first execution (which includes tracing/compilation) it times the following
-    steps for about two seconds and logs the expected time per epoch and for the run; after
-    every epoch it updates the estimate from the measured epoch times (validation included).
-
-    Args:
-        epochs: epochs of the run.
-        steps_per_epoch: optimizer steps per epoch.
-        enabled: log (the chief) or only measure (other workers).
-    """
-
-    def __init__(self, epochs: int, steps_per_epoch: int, enabled: bool = True) -> None:
-        super().__init__()
-        self.epochs, self.steps_per_epoch, self.enabled = epochs, steps_per_epoch, enabled
-        self.first_epoch: int | None = None
-        self.epoch_times: list[float] = []
-        self.step_s = float("nan")
-        self._warm: tuple[float, int] | None = None
-        self._epoch, self._epoch_start = 0, time.perf_counter()
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        """Log the epoch (and a resume) and start its clock."""
-        if self.first_epoch is None:
-            self.first_epoch = epoch
-            if epoch > 0 and self.enabled:
-                log.info("resumed from the backup at epoch %d/%d", epoch + 1, self.epochs)
-        self._epoch, self._epoch_start = epoch, time.perf_counter()
-        if self.enabled:
-            log.info("epoch %d/%d", epoch + 1, self.epochs)
-
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        """Measure step time after warm-up and log the first estimate once."""
-        # With steps_per_execution = k Keras calls this every k steps with the last index.
-        if not math.isnan(self.step_s):
-            return
-        now, steps = time.perf_counter(), batch + 1
-        if self._warm is None:
-            self._warm = (now, steps)
-            return
-        t0, s0 = self._warm
-        if now - t0 < 2.0 and steps < self.steps_per_epoch:
-            return
-        self.step_s = (now - t0) / (steps - s0)
-        epoch_s = self.step_s * self.steps_per_epoch
-        remaining = self.step_s * (self.steps_per_epoch - steps) + epoch_s * (self.epochs - self._epoch - 1)
-        if self.enabled:
-            log.info("ETA: %.1f ms/step → about %s per epoch (training steps), %s for the run (done ≈ %s)",
-                     self.step_s * 1000, _duration(epoch_s), _duration(remaining), _clock(remaining))
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        """Update the estimate from measured epoch times."""
-        self.epoch_times.append(time.perf_counter() - self._epoch_start)
-        self._warm = None  # batch indices restart every epoch
-        times = self.epoch_times[1:] or self.epoch_times  # the first epoch includes compilation
-        per_epoch = sum(times) / len(times)
-        left = self.epochs - epoch - 1
-        if self.enabled and left > 0:
-            log.info("ETA: %s per epoch measured, %s left for %d epoch(s) (done ≈ %s)",
-                     _duration(per_epoch), _duration(per_epoch * left), left, _clock(per_epoch * left))
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def _clock(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    return time.strftime("%H:%M:%S UTC", time.gmtime(time.time() + max(0.0, seconds)))
-
-
-class _StepTimer(keras.callbacks.Callback):
-    """Callback for :func:`estimate`: time executions after the first, then stop the fit."""
-
-    def __init__(self, min_seconds: float, max_steps: int) -> None:
-        super().__init__()
-        self.min_seconds, self.max_steps = min_seconds, max_steps
-        self._start: tuple[float, int] | None = None
-        self.step_s, self.timed_steps = float("nan"), 0
-
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        """Record the time of each execution; stop once enough steps were timed."""
-        now = time.perf_counter()
-        if self._start is None:
-            self._start = (now, batch)  # the first execution includes tracing + compilation
-            return
-        t0, b0 = self._start
-        self.timed_steps = batch - b0
-        self.step_s = (now - t0) / self.timed_steps
-        if (now - t0 >= self.min_seconds and self.timed_steps >= 2) or self.timed_steps >= self.max_steps:
-            self.model.stop_training = True

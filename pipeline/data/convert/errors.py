@@ -9,6 +9,7 @@ messages carry a tag, :data:`MARK`, and :func:`error_line` digs the line out aga
 
 from __future__ import annotations
 
+import logging
 import re
 
 from pipeline.core.errors import PipelineError
@@ -32,7 +33,21 @@ def error_line(exc: BaseException) -> str | None:
     seen: BaseException | None = exc
     while seen is not None:
         match = re.search(re.escape(MARK) + r"([^\n]*)", str(seen))
-        if match:
-            return match.group(1).rstrip("'\" ")
+        if match:  # without the step name the runner appends
+            return re.sub(r" \[while running '[^']*'\]", "", match.group(1)).rstrip("'\" ")
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+class DropMarked(logging.Filter):
+    """Drops log records that carry our tagged one-line errors, or a Ctrl-C.
+
+    A DoFn's exception is logged by Beam (``apache_beam.runners.common``, ERROR, with the
+    worker traceback) before it reaches the driver, where :func:`error_line` turns it into the
+    one line the user sees (and an interrupt into ``interrupted``); for those, the record only
+    repeats it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return MARK not in message and not message.startswith("KeyboardInterrupt")

@@ -24,8 +24,10 @@ _BAD_TEXT_CHARS = 200
 def _read_options(use_threads: bool = True) -> Any:
     import pyarrow.csv as pacsv
 
+    # 1 MB batches: the parser's working set stays in the CPU caches (4 MB batches parsed the
+    # UCI text ~20 % slower per row on this machine).
     return pacsv.ReadOptions(column_names=list(schema.CSV_COLUMNS), use_threads=use_threads,
-                             block_size=4 << 20)
+                             block_size=1 << 20)
 
 
 def _convert_options() -> Any:
@@ -39,30 +41,45 @@ def _convert_options() -> Any:
                                 quoted_strings_can_be_null=False)
 
 
-def _parse_csv(text: bytes, use_threads: bool = True) -> np.ndarray:
-    """Parse newline-terminated CSV rows into float32 [n, 29]; raises pyarrow errors."""
+def _parse_csv(text: bytes | memoryview, use_threads: bool = True) -> np.ndarray:
+    """Parse newline-terminated CSV rows into float32 [n, 29]; raises pyarrow errors.
+
+    Through pyarrow's streaming reader, batch by batch: on one thread it parsed the UCI text
+    in ~2.05 µs a row here against ~2.60 µs for ``read_csv`` of the same block.
+    """
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    table = pacsv.read_csv(pa.py_buffer(text), read_options=_read_options(use_threads),
-                           convert_options=_convert_options())
-    out = np.empty((table.num_rows, len(schema.CSV_COLUMNS)), dtype=np.float32)
-    for j, column in enumerate(table.columns):
-        out[:, j] = column.to_numpy()
+    reader = pacsv.open_csv(pa.BufferReader(pa.py_buffer(text)), read_options=_read_options(use_threads),
+                            convert_options=_convert_options())
+    batches = list(reader)
+    out = np.empty((sum(b.num_rows for b in batches), len(schema.CSV_COLUMNS)), dtype=np.float32)
+    row = 0
+    for batch in batches:
+        for j, column in enumerate(batch.columns):
+            out[row:row + batch.num_rows, j] = column.to_numpy()
+        row += batch.num_rows
     return out
 
 
-def _value_checks(values: np.ndarray) -> np.ndarray:
-    """Per row: '' if good, else the kind ('non_finite' or 'label')."""
-    kinds = np.full(values.shape[0], "", dtype=object)
+def _value_checks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: good, and finite (a bad row that is finite has a bad label).
+
+    Boolean numpy only (no per-row Python work), so a pool thread checks its block without
+    holding the GIL.
+    """
     finite = np.isfinite(values).all(axis=1)
-    kinds[~finite] = "non_finite"
     label = values[:, 0]
-    kinds[finite & (label != 0) & (label != 1)] = "label"
-    return kinds
+    label_ok = (label == 0) | (label == 1)
+    return finite & label_ok, finite
 
 
-def parse_block(text: bytes, lines: int | None = None
+def count_lines(text: bytes | memoryview) -> int:
+    """Newlines in ``text``, counted with numpy (a pool thread need not hold the GIL)."""
+    return int(np.count_nonzero(np.frombuffer(text, dtype=np.uint8) == ord("\n")))
+
+
+def parse_block(text: bytes | memoryview, lines: int | None = None, use_threads: bool = True
                 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
     """Parse newline-terminated HIGGS lines, separating bad rows.
 
@@ -72,8 +89,11 @@ def parse_block(text: bytes, lines: int | None = None
     always come from the same (correctly rounding) parser.
 
     Args:
-        text: complete lines, each ending in ``\\n``.
+        text: complete lines, each ending in ``\\n`` (bytes or a memoryview of them).
         lines: the number of lines in ``text`` if already known.
+        use_threads: let pyarrow parse the block on its own thread pool; False when the
+            caller already parses several blocks at once (one thread each does the same work
+            with half the CPU time on a busy machine).
 
     Returns:
         ``(labels float32 [k], features float32 [k, 28], bad)`` where ``bad`` lists
@@ -82,20 +102,20 @@ def parse_block(text: bytes, lines: int | None = None
     import pyarrow as pa
 
     if lines is None:
-        lines = text.count(b"\n")
+        lines = count_lines(text)
     good_index: np.ndarray | None = None
     bad: list[tuple[int, str]] = []
     try:
-        values = _parse_csv(text)
+        values = _parse_csv(text, use_threads)
         if values.shape[0] != lines:
             raise ValueError("row count differs from line count")  # blank lines were skipped
     except (pa.ArrowInvalid, ValueError):
-        values, good_index, bad = _parse_slow(text)
-    kinds = _value_checks(values)
-    keep = kinds == ""
+        values, good_index, bad = _parse_slow(bytes(text))
+    keep, finite = _value_checks(values)
     if not keep.all():
         index = good_index if good_index is not None else np.arange(values.shape[0])
-        bad.extend((int(index[i]), str(kinds[i])) for i in np.flatnonzero(~keep))
+        bad.extend((int(index[i]), "label" if finite[i] else "non_finite")
+                   for i in np.flatnonzero(~keep))
         bad.sort()
         values = values[keep]
     labels = np.ascontiguousarray(values[:, 0])
@@ -139,22 +159,23 @@ def _parse_slow(text: bytes) -> tuple[np.ndarray, np.ndarray, list[tuple[int, st
     return values, np.asarray(good, dtype=np.int64), bad
 
 
-def parse_with_snippets(text: bytes, lines: int
+def parse_with_snippets(text: bytes | memoryview, lines: int, use_threads: bool = True
                         ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str, str]]]:
     """:func:`parse_block`, plus the (truncated) text of each bad line for the report.
 
     Args:
         text: complete lines, each ending in ``\\n``.
         lines: the number of lines in ``text``.
+        use_threads: as :func:`parse_block`.
 
     Returns:
         ``(labels, features, bad)`` as :func:`parse_block`, with ``bad`` entries
         ``(line index in the block, kind, the line's first 200 characters)``.
     """
-    labels, features, bad = parse_block(text, lines)
+    labels, features, bad = parse_block(text, lines, use_threads)
     if not bad:
         return labels, features, []
-    split_lines = text.split(b"\n")
+    split_lines = bytes(text).split(b"\n")
     return labels, features, [
         (i, kind, split_lines[i][:_BAD_TEXT_CHARS].decode("utf-8", "replace")) for i, kind in bad
     ]

@@ -62,8 +62,8 @@ def check_part(files: Files, path: str) -> float:
         The mean line length of its first 64 KiB of text, in bytes (sizes the text blocks).
 
     Raises:
-        ConvertError: empty, not gzip despite ``.gz``, corrupt gzip, no rows,
-            binary data, or a header line.
+        ConvertError: empty, not gzip despite ``.gz``, corrupt gzip, a zip without exactly
+            one ``.csv.gz``/``.csv`` member, no rows, binary data, or a header line.
     """
     if files.size(path) == 0:
         raise ConvertError(f"source {path} is empty (0 bytes); download or generate it again")
@@ -72,17 +72,17 @@ def check_part(files: Files, path: str) -> float:
             raise ConvertError(f"source {path} is not gzip-compressed (it ends in .gz but does not "
                                "start with the gzip magic bytes); download it again")
         try:
-            with textblocks.open_text(raw) as stream:
+            with textblocks.open_text(raw, path) as stream:
                 sample = stream.read(_SAMPLE_BYTES)
+        except textblocks.ArchiveError as exc:
+            raise ConvertError(str(exc)) from None
         except textblocks.gzip_errors() as exc:
-            raise ConvertError(f"source {path} is a corrupt or truncated gzip file "
-                               f"({type(exc).__name__}: {exc}); "
-                               "download it again") from None
+            raise ConvertError(f"source {textblocks.corrupt_line(path, exc)}") from None
     if not sample.strip():
         raise ConvertError(f"source {path} holds no rows; download or generate it again")
     if b"\x00" in sample:
-        raise ConvertError(f"source {path} is not CSV text (binary data); expected HIGGS.csv or "
-                           "HIGGS.csv.gz")
+        raise ConvertError(f"source {path} is not CSV text (binary data); expected "
+                           f"{textblocks.SOURCE_KINDS}")
     first = sample.split(b"\n", 1)[0].strip()
     tokens = first.split(b",")
     if any(re.search(rb"[A-DF-Za-df-z_]", t) and t.strip().lower() not in

@@ -7,6 +7,14 @@ pipeline succeeded and the bad-row limit holds; ``manifest.json`` is written las
 over the same source content (:func:`source_fingerprint`) with the same output options
 (:func:`output_options`) reuses the dataset; ``.staging-*`` left by killed runs is removed
 after the next successful publish.
+
+The converter never deletes what it did not write. What it owns in ``DATA/`` is exactly:
+``manifest.json``, the shards the manifest lists, ``bad_rows/bad_rows.tsv``, its staging
+directories, its lock (:data:`LOCK_FILE`) and, while a publish is under way, its journal
+(:data:`JOURNAL_FILE`, which lists the files being replaced and placed, so a publish killed
+halfway is recognised and finished by the next run). Anything else in ``DATA/`` is foreign:
+:func:`check_foreign` refuses to convert there. ``--overwrite`` replaces only the files the
+previous manifest lists.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.core import schema, storage
+from pipeline.core import faults, schema, storage
 from pipeline.core.config import DataConfig
 from pipeline.core.storage import Files
 from pipeline.data import records
@@ -38,11 +46,14 @@ PIECES_DIR = "_pieces"
 BAD_ROWS_DIR = "bad_rows"
 BAD_ROWS_FILE = "bad_rows.tsv"
 _SECRET_WORDS = ("key", "token", "secret", "password", "credential")
+LOCK_FILE = ".convert.lock"
+JOURNAL_FILE = ".convert-publish.json"
+STAGING_PREFIX = ".staging-"
 
 
 def staging_dir(out: str) -> str:
     """Return a fresh staging location inside the dataset directory ``out``."""
-    return storage.join(out, f".staging-{uuid.uuid4().hex[:12]}")
+    return storage.join(out, f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
 
 
 def redact(beam_args: Sequence[str]) -> list[str]:
@@ -161,6 +172,51 @@ def existing_dataset(files: Files, out: str, fingerprint: dict[str, Any],
     return None
 
 
+def _read_json(files: Files, uri: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(files.read_bytes(uri))
+    except (FileNotFoundError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def owned_files(files: Files, out: str) -> set[str]:
+    """Paths (relative to ``out``) of the files an earlier conversion wrote there.
+
+    The previous manifest's shards, ``manifest.json``, the bad-row report, the lock, the
+    validation report (``higgs validate``'s, which a republish removes with the old shards) and
+    the journal of an interrupted publish with every file it names. Staging directories are the
+    converter's too (:data:`STAGING_PREFIX`), matched by prefix.
+    """
+    from pipeline.data import dataset
+
+    owned = {schema.MANIFEST_NAME, f"{BAD_ROWS_DIR}/{BAD_ROWS_FILE}", LOCK_FILE, JOURNAL_FILE,
+             dataset.VALIDATION_NAME}  # higgs validate's report: a republish removes it (stale)
+    manifest = _read_json(files, dataset.manifest_uri(out)) or {}
+    for shards in (manifest.get("shards") or {}).values():
+        owned.update(s["path"] for s in shards if isinstance(s, dict) and "path" in s)
+    journal = _read_json(files, storage.join(out, JOURNAL_FILE)) or {}
+    owned.update(journal.get("remove", []))
+    owned.update(journal.get("place", []))
+    return owned
+
+
+def check_foreign(files: Files, out: str) -> None:
+    """Refuse a ``DATA`` holding files the converter did not write (nothing is deleted).
+
+    Raises:
+        ConvertError: naming the first foreign file and how many there are.
+    """
+    owned = owned_files(files, out)
+    foreign = [p for p in files.list_files(out)
+               if p not in owned and not p.startswith(STAGING_PREFIX)]
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise ConvertError(f"{out} holds files the converter did not write ({storage.join(out, foreign[0])}"
+                           f"{more}); move them elsewhere or choose another --out — convert never deletes "
+                           "what it did not create")
+
+
 def discard(files: Files, staging: str) -> None:
     """Remove a failed run's staging directory; a failure to do so is only logged."""
     try:
@@ -197,11 +253,11 @@ def publish(files: Files, out: str, staging: str, result: dict[str, Any],
 
     plan = result["plan"]
     bad = plan["bad_rows"]
-    bad_src = storage.join(staging, BAD_ROWS_DIR)
+    bad_src = storage.join(staging, BAD_ROWS_DIR, BAD_ROWS_FILE)
     bad_dst = storage.join(out, BAD_ROWS_DIR)
-    files.delete_tree(bad_dst)
+    files.delete_file(storage.join(bad_dst, BAD_ROWS_FILE))
     if bad:
-        files.move_tree(bad_src, bad_dst)
+        files.move_file(bad_src, storage.join(bad_dst, BAD_ROWS_FILE))
     if bad > data_cfg.max_bad_rows:
         kinds = ", ".join(f"{k} {n}" for k, n in result["bad_rows_by_kind"].items() if n)
         first = result["bad_rows_sample"][0]
@@ -210,15 +266,20 @@ def publish(files: Files, out: str, staging: str, result: dict[str, Any],
             f"{first[1]}) exceed --max-bad-rows {data_cfg.max_bad_rows}; see "
             f"{storage.join(bad_dst, BAD_ROWS_FILE)}, fix the source or raise --max-bad-rows")
 
-    # Unpublish first: from here until the new manifest exists, DATA is not a dataset (and
-    # an earlier validation of it no longer describes it).
+    # The journal names every file this publish removes and places, before any is touched:
+    # a publish killed halfway leaves files the next run recognises as its own (and finishes).
+    new_shards = [shard["path"] for shard in result["shards"]]
+    old_shards = sorted(owned_files(files, out) - {schema.MANIFEST_NAME, LOCK_FILE, JOURNAL_FILE,
+                                                   f"{BAD_ROWS_DIR}/{BAD_ROWS_FILE}"})
+    journal_path = storage.join(out, JOURNAL_FILE)
+    files.write_bytes(journal_path, json.dumps({"remove": old_shards, "place": new_shards}).encode())
+    # Unpublish first: from here until the new manifest exists, DATA is not a dataset.
     manifest_path = dataset.manifest_uri(out)
-    for stale in (manifest_path, dataset.validation_uri(out)):
-        if files.exists(stale):
-            files.delete_tree(stale)
-    for split in schema.SPLITS:
-        files.delete_tree(storage.join(out, split))
-        files.move_tree(storage.join(staging, split), storage.join(out, split))
+    files.delete_file(manifest_path)
+    for rel in old_shards:  # only what the previous manifest (or journal) lists
+        files.delete_file(storage.join(out, rel))
+    for rel in new_shards:
+        files.move_file(storage.join(staging, rel), storage.join(out, rel))
 
     rows = {s: 0 for s in schema.SPLITS}
     signal = {s: 0 for s in schema.SPLITS}
@@ -260,17 +321,20 @@ def publish(files: Files, out: str, staging: str, result: dict[str, Any],
     }
     files.delete_tree(staging)
     _remove_stale_staging(files, out)
+    faults.point("convert.before_manifest")
     files.write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
+    files.delete_file(journal_path)
     return manifest
 
 
 def _remove_stale_staging(files: Files, out: str) -> None:
-    """Delete ``.staging-*`` left by killed runs (two runs into one DATA are not supported)."""
+    """Delete ``.staging-*`` left by killed runs (the lock keeps a second run out of DATA)."""
     if storage.is_gcs(out):
         base = out.rstrip("/") + "/"
-        stale = {base + path[len(base):].split("/", 1)[0] for path in files.list_paths(base + ".staging-")}
+        stale = {base + path[len(base):].split("/", 1)[0]
+                 for path in files.list_paths(base + STAGING_PREFIX)}
     else:
-        stale = set(globlib.glob(os.path.join(globlib.escape(out), ".staging-*")))
+        stale = set(globlib.glob(os.path.join(globlib.escape(out), STAGING_PREFIX + "*")))
     for path in sorted(stale):
         log.info("removing %s left by an earlier, interrupted run", path)
         files.delete_tree(path)
