@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core import storage
+from pipeline.core import checksums, storage
 from pipeline.publish import store as publish
 
 
@@ -52,9 +52,9 @@ def test_publish_copies_verifies_and_moves_latest(tmp_path: Path) -> None:
     manifest = json.loads((out / "run-a" / "MANIFEST").read_text())
     assert [e["path"] for e in manifest["files"]] == expected
     for entry in manifest["files"]:
-        copy = storage.file_checksums(out / "run-a" / entry["path"])
+        copy = checksums.file_checksums(out / "run-a" / entry["path"])
         assert (copy.size, copy.sha256) == (entry["size"], entry["sha256"])
-        assert copy.sha256 == storage.file_checksums(run / entry["path"]).sha256
+        assert copy.sha256 == checksums.file_checksums(run / entry["path"]).sha256
     latest = json.loads((out / "latest.json").read_text())
     assert latest["run_id"] == "run-a" and latest["auc"] == 0.81
     assert latest["uri"] == str((out / "run-a").resolve())

@@ -13,7 +13,7 @@ import pytest
 from conftest import _wait_for_port, free_port
 from test_publish import make_evaluated_run
 
-from pipeline.core import storage
+from pipeline.core import checksums, storage
 from pipeline.publish import store as publish
 
 pytestmark = pytest.mark.gcs
@@ -36,7 +36,7 @@ def test_publish_to_gcs_verifies_checksums_and_moves_latest(gcs_bucket: str, tmp
     manifest = json.loads(storage.read_text(f"{out}/run-g/MANIFEST"))
     for entry in manifest["files"]:
         blob = _blob(gcs_bucket, f"higgs/run-g/{entry['path']}")
-        local = storage.file_checksums(run / entry["path"])
+        local = checksums.file_checksums(run / entry["path"])
         # The store's own md5Hash/crc32c equal the local file's (what publish verified).
         assert (blob.size, blob.md5_hash, blob.crc32c) == (local.size, local.md5, local.crc32c)
         assert entry["crc32c"] == local.crc32c
@@ -70,7 +70,8 @@ def test_gcs_failure_midway_leaves_latest_untouched(gcs_bucket: str, tmp_path: P
 def test_missing_bucket_fails_fast_naming_the_file(gcs_emulator: str, tmp_path: Path) -> None:
     run = make_evaluated_run(tmp_path, "run-m", 0.8, blessed=True)
     start = time.monotonic()
-    with pytest.raises(publish.PublishError, match=r"publishing config\.yaml .*NotFound"):
+    # The destination check names the bucket before any file is copied.
+    with pytest.raises(storage.StorageError, match=r"bucket gs://no-such-bucket-here does not exist"):
         publish.publish(str(run), "gs://no-such-bucket-here/x", retry_timeout=20)
     assert time.monotonic() - start < 10  # 404 is not transient: no backoff loop
 

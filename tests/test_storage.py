@@ -5,7 +5,7 @@
 
 from pathlib import Path
 
-from pipeline.core import storage
+from pipeline.core import checksums, storage
 
 
 def test_exists_means_a_file(tmp_path: Path) -> None:
@@ -42,8 +42,8 @@ def test_copy_range_appends_after_buffered_writes(tmp_path: Path) -> None:
 def test_one_checksum_helper_for_sha256(tmp_path: Path) -> None:
     import hashlib
 
-    data = bytes(range(256)) * (storage.CHUNK_BYTES // 256 + 3)  # more than one read
+    data = bytes(range(256)) * (checksums.CHUNK_BYTES // 256 + 3)  # more than one read
     (tmp_path / "f").write_bytes(data)
-    sums = storage.file_checksums(tmp_path / "f")
-    assert storage.file_sha256(tmp_path / "f") == sums.sha256 == hashlib.sha256(data).hexdigest()
+    sums = checksums.file_checksums(tmp_path / "f")
+    assert checksums.file_sha256(tmp_path / "f") == sums.sha256 == hashlib.sha256(data).hexdigest()
     assert sums.size == len(data)

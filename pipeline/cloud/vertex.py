@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core import rundir, storage
+from pipeline.core import checksums, rundir, storage
 from pipeline.core.config import Config, merge, require_runtime, to_yaml
 from pipeline.core.errors import PipelineError
 from pipeline.core.rundir import TrainResult
@@ -470,7 +470,7 @@ def copy_tree(src: str, dst: str) -> int:
     for rel in files:
         source, target = storage.join(src, rel), storage.join(dst, rel)
         if storage.is_gcs(target):
-            storage.upload_file(source, target)
+            checksums.upload_file(source, target)
         else:
             Path(target).parent.mkdir(parents=True, exist_ok=True)
             Path(target).write_bytes(storage.read_bytes(source))

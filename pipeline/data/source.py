@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pipeline.core import storage
+from pipeline.core import checksums, storage
 from pipeline.core.config import DataConfig
 from pipeline.core.errors import PipelineError
 from pipeline.core.progress import Progress
@@ -269,7 +269,7 @@ def download(
             continue
         break
     _verify(url, part, expected_bytes or (total or 0), sha256)
-    digest = storage.file_sha256(part)
+    digest = checksums.file_sha256(part)
     if sha256 and digest != sha256:
         part.unlink(missing_ok=True)
         raise SourceError(
@@ -458,7 +458,7 @@ def _sha256_cached(path: Path) -> str:
             return str(meta["sha256"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    digest = storage.file_sha256(path)
+    digest = checksums.file_sha256(path)
     _write_sidecar(path, digest)
     return digest
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core import rundir, storage
+from pipeline.core import checksums, rundir, storage
 from pipeline.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -209,9 +209,9 @@ def publish(
         src = run / rel
         try:
             if in_place:
-                sums = storage.file_checksums(src)
+                sums = checksums.file_checksums(src)
             else:
-                sums = storage.upload_file(src, storage.join(dest, rel), retry_timeout=retry_timeout)
+                sums = checksums.upload_file(src, storage.join(dest, rel), retry_timeout=retry_timeout)
         except _failures() as exc:  # any failure of one file ends the publish; say which
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise PublishError(f"publishing {rel} of run {run_id} to {dest} failed "
@@ -257,13 +257,13 @@ def _failures() -> tuple[type[BaseException], ...]:
 
 
 def _put_verified_text(text: str, uri: str, retry_timeout: float) -> None:
-    """Write a small text file through :func:`storage.upload_file` (verified, retried)."""
+    """Write a small text file through :func:`checksums.upload_file` (verified, retried)."""
     fd, tmp = tempfile.mkstemp(prefix="higgs-publish-", suffix=".json")
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
         try:
-            storage.upload_file(tmp, uri, retry_timeout=retry_timeout)
+            checksums.upload_file(tmp, uri, retry_timeout=retry_timeout)
         except _failures() as exc:
             raise PublishError(f"writing {uri} failed ({type(exc).__name__}: "
                                f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc

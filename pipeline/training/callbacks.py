@@ -23,7 +23,8 @@ from pipeline.core.tfk import keras
 if TYPE_CHECKING:
     pass
 
-log = logging.getLogger(__name__)
+# Progress lines keep the training logger's name: users and the flow filter on it.
+log = logging.getLogger("pipeline.training.train")
 
 
 # --- callbacks --------------------------------------------------------------------------------
