@@ -1,4 +1,4 @@
-"""The Prefect flow ``higgs``: ensure source → convert → train → evaluate → publish.
+"""The Prefect flow ``higgs``: ensure source → convert → validate → train → evaluate → publish.
 
     make run                                              # serve + run higgs/sample locally
     prefect deployment run higgs/sample --watch           # against a running server + serve
@@ -17,8 +17,12 @@ orchestrator adds:
 - **conversion cache**: the converter itself skips a dataset already built from the same
   source fingerprint and options; the task logs "reused" (no Prefect result cache, which
   would not know when the files on disk change).
+- **a data gate**: with a model published at ``publish_to``, the ``validate`` task compares
+  the new dataset with that model's (drift per feature overall and per class, label balance,
+  schema, sizes) and shows the table as an artifact; anomalies stop the run before training
+  (``validate.on_anomaly=fail``, the default) or train a model the blessing refuses (``warn``).
 - **artifacts**: a markdown report (AUC, baseline, blessing), a table of rows and AUC per
-  split, and a link to the published model.
+  split, the data validation table, and a link to the published model.
 - **logs**: the library's, Beam's and TensorFlow's Python loggers are attached to the run
   logs (Beam and TensorFlow at WARNING and above, the pipeline at ``runtime.log_level``).
 - **failures**: a ``PipelineError`` ends the run ``Failed`` with its one-line message;
@@ -45,7 +49,7 @@ from pydantic import Field
 
 from pipeline import chain
 from pipeline.core import storage
-from pipeline.core.config import Config, StrategyName, load_config, merge, validate
+from pipeline.core.config import Config, OnAnomaly, StrategyName, load_config, merge, validate
 from pipeline.core.errors import PipelineError
 
 if TYPE_CHECKING:
@@ -53,6 +57,7 @@ if TYPE_CHECKING:
     from pipeline.data.convert import ConvertResult
     from pipeline.data.dataset import Dataset
     from pipeline.data.source import SourceInfo
+    from pipeline.data.validate import ValidationReport
     from pipeline.publish.store import PublishResult
 
 Preset = Literal["sample", "full"]
@@ -71,6 +76,7 @@ LIBRARY_LOGGERS: dict[str, str | None] = {
 ARTIFACT_REPORT = "higgs-report"
 ARTIFACT_SPLITS = "higgs-metrics"
 ARTIFACT_MODEL = "higgs-model"
+ARTIFACT_VALIDATION = "higgs-validation"
 
 
 def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
@@ -179,6 +185,29 @@ def convert(cfg: Config, source_path: str, data: str, beam_args: list[str]) -> C
     return result
 
 
+@task(name="validate", cache_policy=NO_CACHE)
+def validate_data(cfg: Config, data: Dataset, publish_to: str) -> ValidationReport:
+    """Compare the dataset with the published model's; stop here on anomalies unless ``warn``.
+
+    The check table is a ``higgs-validation`` artifact of the run whenever a baseline was
+    compared (also when the run stops on it).
+
+    Returns:
+        The validation report (clean, skipped — nothing published yet —, or anomalies with
+        ``validate.on_anomaly=warn``).
+
+    Raises:
+        DataAnomalyError: anomalies with ``validate.on_anomaly=fail``; one line naming the worst.
+    """
+    report = chain.step_validate(cfg, data, publish_to)
+    if report.compared:
+        create_table_artifact(report.table_rows(), key=ARTIFACT_VALIDATION,
+                              description=report.headline())
+    _logger().log(logging.INFO if report.ok else logging.WARNING, "%s", report.headline())
+    chain.enforce_validation(cfg, report)
+    return report
+
+
 @task(name="train", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
       retry_condition_fn=_retry_training)
 def train(cfg: Config, data: Dataset, run_dir: str) -> TrainResult:
@@ -199,13 +228,15 @@ def train(cfg: Config, data: Dataset, run_dir: str) -> TrainResult:
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(cfg: Config, data: Dataset, run_dir: str, publish_to: str) -> dict[str, Any]:
+def evaluate(cfg: Config, data: Dataset, run_dir: str, publish_to: str,
+             validation: ValidationReport | None = None) -> dict[str, Any]:
     """Exact test AUC, baseline, plots and the blessing → ``run_dir/report/``.
 
     Returns:
-        The metrics dict (``auc``, ``auc_ci95``, ``blessed``, …).
+        The metrics dict (``auc``, ``auc_ci95``, ``blessed``, …); a validation with anomalies
+        (``warn``) is listed in the report and refuses the blessing.
     """
-    metrics = chain.step_evaluate(cfg, data, run_dir, publish_to)
+    metrics = chain.step_evaluate(cfg, data, run_dir, publish_to, validation)
     _logger().info("test AUC %.4f, blessed: %s", metrics["auc"], metrics.get("blessed"))
     return metrics
 
@@ -234,6 +265,7 @@ PARAMETER_KEYS: dict[str, tuple[str, str]] = {
     "strategy": ("train", "strategy"),
     "workers": ("train", "workers"),
     "epochs": ("train", "epochs"),
+    "on_anomaly": ("validate", "on_anomaly"),
 }
 
 
@@ -273,10 +305,11 @@ def higgs(
     strategy: StrategyName | None = None,
     workers: Annotated[int, Field(ge=1, le=64)] | None = None,
     epochs: Annotated[int, Field(ge=1, le=10_000)] | None = None,
+    on_anomaly: OnAnomaly | None = None,
     overrides: list[str] | None = None,
     run_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] | None = None,
 ) -> dict[str, Any] | State:
-    """Train and publish a HIGGS model: source → convert → train → evaluate → publish.
+    """Train and publish a HIGGS model: source → convert → validate → train → evaluate → publish.
 
     Args:
         preset: named configuration; every ``None`` below keeps this preset's value.
@@ -290,6 +323,8 @@ def higgs(
         strategy: tf.distribute strategy (default ``auto``).
         workers: local MultiWorkerMirroredStrategy processes (default 1).
         epochs: training epochs.
+        on_anomaly: what data anomalies against the published model's dataset do: ``fail``
+            stops the run before training (default), ``warn`` trains but does not bless.
         overrides: ``section.key=value`` config overrides, e.g. ``["model.units=256"]``.
         run_id: the run directory name; default ``YYYYMMDD-HHMMSS-<preset>`` from the flow
             run's scheduled start, so a retried flow run reuses (and resumes) the same run.
@@ -303,7 +338,7 @@ def higgs(
     try:
         cfg = flow_config(preset, overrides, source=source, data_dir=data_dir, runs_root=runs_root,
                           publish_to=publish_to, runner=runner, strategy=strategy, workers=workers,
-                          epochs=epochs)
+                          epochs=epochs, on_anomaly=on_anomaly)
         # Fixed before any task runs: a retried train task (or a retried flow run, which keeps
         # its scheduled start time) finds the same run directory and resumes from its checkpoint.
         paths = chain.default_paths(cfg, run_id=run_id or chain.run_id_for(cfg, _scheduled_start()))
@@ -315,11 +350,13 @@ def higgs(
             info = ensure_source(cfg)
             step = "convert"
             converted = convert(cfg, info.path, paths.data, list(beam_args or []))
-            step = "train"
             data = chain.dataset_of(converted)  # the manifest travels with it: read once
+            step = "validate"
+            validation = validate_data(cfg, data, paths.publish_to)
+            step = "train"
             trained = train(cfg, data, paths.run_dir)
             step = "evaluate"
-            metrics = evaluate(cfg, data, paths.run_dir, paths.publish_to)
+            metrics = evaluate(cfg, data, paths.run_dir, paths.publish_to, validation)
             step = "publish"
             published = publish(paths.run_dir, paths.publish_to)
     except PipelineError as exc:
@@ -334,6 +371,7 @@ def higgs(
         "auc": metrics["auc"],
         "blessed": metrics.get("blessed"),
         "conversion_reused": converted.skipped,
+        "validation": validation.headline(),
         "published": published.uri,
         "latest_moved": published.latest_moved,
         **where,
@@ -400,12 +438,19 @@ def report_markdown(paths: chain.Paths, metrics: dict[str, Any], where: dict[str
         f"| test AUC | **{metrics['auc']:.4f}** (95% CI {ci[0]:.4f}–{ci[1]:.4f}) |",
         f"| baseline AUC (BDT) | {base:.4f} |" if base is not None else "| baseline AUC (BDT) | not run |",
         f"| blessed | **{metrics.get('blessed')}** |",
+        f"| data validation | {_validation_cell(metrics.get('data_validation'))} |",
         f"| report | `{where['report']}` |",
         f"| model | `{where['model']}` |",
         "",
         report_md,
     ]
     return "\n".join(lines)
+
+
+def _validation_cell(validation: dict[str, Any] | None) -> str:
+    if not validation or not validation.get("compared"):
+        return "not compared (no published model)"
+    return ("clean" if validation["ok"] else "**ANOMALIES**") + f": {validation['headline']}"
 
 
 def _create_artifacts(paths: chain.Paths, manifest: dict[str, Any], best_val_auc: float | None,

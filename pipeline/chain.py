@@ -1,4 +1,4 @@
-"""The whole chain in one process: source → convert → train → evaluate → publish.
+"""The whole chain in one process: source → convert → validate → train → evaluate → publish.
 
     higgs run --preset sample
     python -c "from pipeline.core.config import load_config; from pipeline.chain import run_chain; \
@@ -40,11 +40,12 @@ if TYPE_CHECKING:
     from pipeline.data.convert import ConvertResult
     from pipeline.data.dataset import Dataset
     from pipeline.data.source import SourceInfo
+    from pipeline.data.validate import ValidationReport
     from pipeline.publish.store import PublishResult
 
 log = logging.getLogger(__name__)
 
-STEPS = ("source", "convert", "train", "evaluate", "publish")
+STEPS = ("source", "convert", "validate", "train", "evaluate", "publish")
 _SOURCE_SUFFIXES = (".csv.gz", ".csv", ".gz", ".zip")
 
 
@@ -199,6 +200,55 @@ def step_convert(cfg: Config, source_path: str, data: str, beam_args: Sequence[s
     return result
 
 
+def step_validate(cfg: Config, data: str | Dataset, publish_to: str, baseline: str | None = None,
+                  require_baseline: bool = False) -> ValidationReport:
+    """Compare ``data`` with the published model's dataset (or ``baseline``); write ``DATA/validation.json``.
+
+    Anomalies are returned, not raised: :func:`enforce_validation` decides what they mean.
+
+    Args:
+        cfg: the resolved config (``validate`` thresholds).
+        data: the dataset just converted.
+        publish_to: where published models live; the baseline is the dataset the model
+            ``latest.json`` points at was trained on.
+        baseline: an explicit baseline dataset instead.
+        require_baseline: fail when nothing is published (``higgs validate``); otherwise the
+            validation is recorded as skipped (the first run has nothing to compare with).
+
+    Returns:
+        The report (``ok``, ``anomalies``, ``headline()``, ``table_rows()``).
+
+    Raises:
+        ValidationError: nothing to compare with although required, or an unreadable baseline.
+    """
+    from pipeline.data import validate
+    from pipeline.publish import store
+
+    run_id = None
+    if baseline is None:
+        found = store.published_dataset(publish_to)
+        if found is None:
+            if require_baseline:
+                raise validate.ValidationError(
+                    f"no model is published at {publish_to} (no {store.LATEST_NAME}) to compare "
+                    f"{data} with; pass --baseline DATA or --against OUT")
+            return validate.skip(data, f"no model is published at {publish_to} yet: nothing to compare "
+                                       "with", cfg.validate)
+        baseline, run_id = found
+    return validate.validate(data, baseline, cfg.validate, baseline_run=run_id)
+
+
+def enforce_validation(cfg: Config, report: ValidationReport) -> None:
+    """Stop before training on anomalies (``validate.on_anomaly=fail``), or let them through (``warn``).
+
+    Raises:
+        DataAnomalyError: one line naming the worst anomaly.
+    """
+    from pipeline.data import validate
+
+    validate.enforce(report, cfg.validate.on_anomaly)
+
+
 def dataset_of(conversion: ConvertResult) -> Dataset:
     """The converted dataset with the manifest the conversion returned (no second read)."""
     from pipeline.data.dataset import Dataset
@@ -217,10 +267,19 @@ def step_train(cfg: Config, data: str | Dataset, run_dir: str) -> TrainResult:
     return backends.train(cfg, data, run_dir)
 
 
-def step_evaluate(cfg: Config, data: str | Dataset, run_dir: str, publish_to: str) -> dict[str, Any]:
+def step_evaluate(cfg: Config, data: str | Dataset, run_dir: str, publish_to: str,
+                  validation: ValidationReport | None = None) -> dict[str, Any]:
     """Evaluate on the test split, write ``RUN/report/`` and decide the blessing.
 
-    The blessing compares against the model currently published at ``publish_to``.
+    The blessing compares against the model currently published at ``publish_to``, and
+    refuses a model trained on data with validation anomalies (``validate.on_anomaly=warn``).
+
+    Args:
+        cfg: the resolved config.
+        data: the dataset.
+        run_dir: the trained run.
+        publish_to: where published models live.
+        validation: the ``ValidationReport`` of ``data`` (None: not validated).
 
     Returns:
         The metrics dict (``auc``, ``auc_ci95``, ``blessed``, …) also in ``RUN/report/metrics.json``.
@@ -229,7 +288,7 @@ def step_evaluate(cfg: Config, data: str | Dataset, run_dir: str, publish_to: st
     from pipeline.publish import store
 
     return evaluate.evaluate(cfg, data, run_dir, published_metrics=store.published_metrics(publish_to),
-                             published_at=publish_to)
+                             published_at=publish_to, validation=validation)
 
 
 def step_publish(run_dir: str, publish_to: str) -> PublishResult:
@@ -300,6 +359,7 @@ class ChainResult:
     paths: Paths
     source: SourceInfo | None = None
     conversion: ConvertResult | None = None
+    validation: ValidationReport | None = None
     training: TrainResult | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     published: PublishResult | None = None
@@ -324,6 +384,8 @@ class ChainResult:
         if self.published is not None:
             latest = "moved to this run" if self.published.latest_moved else "unchanged (not blessed)"
             lines.append(f"  latest: {storage.join(self.paths.publish_to, 'latest.json')} {latest}")
+        if self.validation is not None:
+            lines.append(f"  checks: {self.validation.headline()}")
         if self.conversion is not None and self.conversion.skipped:
             lines.append(f"  data:   {self.paths.data} (reused: same source and options)")
         else:
@@ -340,9 +402,12 @@ def run_chain(
     publish_to: str | None = None,
     beam_args: Sequence[str] = (),
 ) -> ChainResult:
-    """Run source → convert → train → evaluate → publish in this process.
+    """Run source → convert → validate → train → evaluate → publish in this process.
 
-    Publishing is the last step, so a failure anywhere before it publishes nothing.
+    Publishing is the last step, so a failure anywhere before it publishes nothing. With a
+    model published at ``publish_to``, the new dataset is validated against that model's
+    dataset; anomalies stop the chain before training (``validate.on_anomaly=fail``) or
+    train a model that is not blessed (``warn``).
 
     Args:
         cfg: the resolved config.
@@ -355,7 +420,8 @@ def run_chain(
         The :class:`ChainResult`; ``.summary()`` is what ``higgs run`` prints.
 
     Raises:
-        PipelineError: from whichever step failed, one line naming the thing and the fix.
+        PipelineError: from whichever step failed, one line naming the thing and the fix
+            (``DataAnomalyError`` for anomalies with ``validate.on_anomaly=fail``).
     """
     paths = default_paths(cfg, data=data, run_dir=run_dir, publish_to=publish_to)
     result = ChainResult(paths=paths)
@@ -372,7 +438,10 @@ def run_chain(
     result.source = timed("source", step_source, cfg)
     result.conversion = timed("convert", step_convert, cfg, result.source.path, paths.data, beam_args)
     data = dataset_of(result.conversion)  # the manifest travels with it: read once
+    result.validation = timed("validate", step_validate, cfg, data, paths.publish_to)
+    enforce_validation(cfg, result.validation)
     result.training = timed("train", step_train, cfg, data, paths.run_dir)
-    result.metrics = timed("evaluate", step_evaluate, cfg, data, paths.run_dir, paths.publish_to)
+    result.metrics = timed("evaluate", step_evaluate, cfg, data, paths.run_dir, paths.publish_to,
+                           result.validation)
     result.published = timed("publish", step_publish, paths.run_dir, paths.publish_to)
     return result

@@ -3,6 +3,7 @@
     higgs synth --rows 100000 --seed 1 --out data/sources/sample.csv.gz
     higgs convert --source data/sources/sample.csv.gz --out data/sample
     higgs verify data/sample
+    higgs validate --data data/sample --against runs      # or --baseline data/other
     higgs train --data data/sample --out runs/try --preset sample --workers 2
     higgs lr-find --data data/sample --out runs/lrfind --set train.optimizer=sgd
     higgs tune --data data/sample --out runs/tune --trials 8
@@ -84,6 +85,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
     result = verify.verify_dataset(args.data, crc=not args.sizes_only,
                                    **({"splits": splits} if splits else {}))
     print(result.summary())
+def cmd_validate(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from pipeline import chain
+    from pipeline.data import dataset
+
+    report = chain.step_validate(cfg, args.data, args.against or cfg.runtime.publish_to,
+                                 baseline=args.baseline, require_baseline=True)
+    print(report.table_text(compact=not args.all))
+    print(f"wrote {dataset.validation_uri(args.data)}")
+    if not report.ok:
+        print(f"higgs validate: {report.headline()}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -214,6 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check only this split (repeatable; default: all)")
     p.add_argument("--sizes-only", action="store_true", help="presence and sizes only, no CRCs")
     p.set_defaults(handler=cmd_verify)
+    p = sub.add_parser("validate", help="compare a dataset with the published model's dataset "
+                                        "(drift, schema, label balance); exit 2 on anomalies")
+    p.add_argument("--data", required=True, metavar="DATA")
+    against = p.add_mutually_exclusive_group()
+    against.add_argument("--baseline", default=None, metavar="DATA", help="the dataset to compare with")
+    against.add_argument("--against", default=None, metavar="OUT",
+                         help="compare with the dataset of the model published here "
+                              "(default: runtime.publish_to)")
+    p.add_argument("--all", action="store_true", help="print every check, not one scope per feature")
+    _add_config_args(p)
+    p.set_defaults(handler=cmd_validate)
 
     p = sub.add_parser("train", help="train the wide-and-deep model")
     p.add_argument("--data", required=True, metavar="DATA")

@@ -145,7 +145,8 @@ def test_served_sample_deployment_runs_to_completion_and_publishes(server, serve
     assert f"{metrics['auc']:.4f}" in outcome.artifacts["higgs-report"]["data"]
     latest = tmp_path / "runs" / "latest.json"
     assert latest.is_file() == bool(metrics["blessed"])
-    assert set(outcome.task_seconds) == {"ensure_source", "convert", "train", "evaluate", "publish"}
+    assert set(outcome.task_seconds) == {"ensure_source", "convert", "validate", "train", "evaluate",
+                                         "publish"}
     # The library's own log records reach the run's logs in the API.
     logs = api(server.api_url, "POST", "/logs/filter",
                {"logs": {"flow_run_id": {"any_": [outcome.flow_run_id]}}, "limit": 200})

@@ -72,6 +72,7 @@ def test_deployments_from_prefect_yaml():
     assert set(built) == {"full", "sample", "retrain"}
     assert built["sample"].parameters == {"preset": "sample", "source": "", "runner": "DirectRunner"}
     assert built["full"].parameters == {"preset": "full"}
+    assert built["retrain"].parameters == {"preset": "full", "on_anomaly": "fail"}  # the data gate
     crons = [s.schedule.cron for s in built["retrain"].schedules]
     assert crons == ["0 3 * * 1"]
     assert not built["sample"].schedules and not built["full"].schedules

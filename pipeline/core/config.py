@@ -35,6 +35,7 @@ from pipeline.core.config_tree import (
     FeatureSet,
     LogLevel,
     ModelConfig,
+    OnAnomaly,
     Optimizer,
     Precision,
     RuntimeConfig,
@@ -45,6 +46,7 @@ from pipeline.core.config_tree import (
     TrainConfig,
     TunableOptimizer,
     TuneConfig,
+    ValidateConfig,
     choices,
 )
 from pipeline.core.errors import ConfigError, PipelineError
@@ -61,6 +63,7 @@ __all__ = [
     "FeatureSet",
     "LogLevel",
     "ModelConfig",
+    "OnAnomaly",
     "Optimizer",
     "Precision",
     "RuntimeConfig",
@@ -71,6 +74,7 @@ __all__ = [
     "TrainConfig",
     "TunableOptimizer",
     "TuneConfig",
+    "ValidateConfig",
     "apply_overrides",
     "choices",
     "from_dict",

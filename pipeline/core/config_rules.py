@@ -20,6 +20,7 @@ from pipeline.core.config_tree import (
     ModelConfig,
     RuntimeConfig,
     TrainConfig,
+    ValidateConfig,
 )
 from pipeline.core.errors import ConfigError
 
@@ -32,6 +33,7 @@ def check(cfg: Config) -> None:
     _validate_evaluate(cfg.evaluate)
     _validate_runtime(cfg.runtime)
     _validate_tune(cfg)
+    _validate_validate(cfg.validate)
 
 
 def _at_least(section: str, obj: Any, minimum: float, *keys: str) -> None:
@@ -175,3 +177,9 @@ def _validate_tune(cfg: Config) -> None:
     if cfg.train.reduce_lr and t.learning_rate_min <= cfg.train.reduce_lr_min_lr:
         raise ConfigError(f"tune.learning_rate_min={t.learning_rate_min} must exceed train.reduce_lr_min_lr="
                           f"{cfg.train.reduce_lr_min_lr} (or set train.reduce_lr=false)")
+
+
+def _validate_validate(v: ValidateConfig) -> None:
+    _at_least("validate", v, 0, "max_psi", "max_mean_shift", "max_signal_fraction_shift",
+              "max_bad_row_rate_increase")
+    _at_least("validate", v, 1, "max_rows_factor")

@@ -28,6 +28,7 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 # The columns the model and the BDT baseline read (pipeline.core.schema.FEATURE_SETS): all 28,
 # the 21 low-level detector features or the 7 high-level masses (Baldi et al. 2014, Table 1).
 FeatureSet = Literal["all", "low", "high"]
+OnAnomaly = Literal["fail", "warn"]  # fail: stop before training; warn: train, don't bless
 
 
 def choices(alias: Any) -> tuple[str, ...]:
@@ -206,6 +207,23 @@ class TuneConfig:
 
 
 @dataclass(frozen=True)
+class ValidateConfig:
+    """Data validation against the published model's dataset (``higgs validate``, pipeline/data/validate.py).
+
+    Each threshold is the largest value that still counts as "the same data"; they were chosen
+    from clean pairs of generated samples, with margin (docs/validate.md). Distances are
+    measured on the training split, overall and per class (signal / background).
+    """
+
+    on_anomaly: OnAnomaly = "fail"
+    max_psi: float = 0.05  # population stability index of a feature's histogram
+    max_mean_shift: float = 0.1  # |mean - baseline mean| in baseline standard deviations
+    max_signal_fraction_shift: float = 0.03  # absolute change of the training signal fraction
+    max_rows_factor: float = 2.0  # training rows may shrink or grow by at most this factor
+    max_bad_row_rate_increase: float = 0.001  # bad rows per source row, over the baseline's
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole resolved configuration of one pipeline run."""
 
@@ -216,6 +234,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
 
 
 SECTIONS: dict[str, type] = {
@@ -225,4 +244,5 @@ SECTIONS: dict[str, type] = {
     "evaluate": EvaluateConfig,
     "runtime": RuntimeConfig,
     "tune": TuneConfig,
+    "validate": ValidateConfig,
 }

@@ -61,6 +61,19 @@ FEATURE_SETS: dict[str, tuple[str, ...]] = {
     "low": LOW_LEVEL_FEATURES,
     "high": HIGH_LEVEL_FEATURES,
 }
+
+def _kind(name: str) -> str:
+    for suffix in ("eta", "phi", "btag"):
+        if name.endswith(f"_{suffix}"):
+            return suffix
+    return "energy"
+
+
+# What each column measures, which fixes its value range (the UCI file's scaling):
+# "energy" = a transverse momentum, missing energy or invariant mass, >= 0 and divided so its
+# mean is ~1; "eta" = pseudorapidity (|eta| < ~2.7); "phi" = azimuth scaled to |phi| <= 1.7433;
+# "btag" = the three-level b-tag (0 and two per-column values up to ~3.1).
+FEATURE_KINDS: dict[str, str] = {name: _kind(name) for name in FEATURES}
 CSV_COLUMNS: tuple[str, ...] = ("label", *FEATURES)  # the source file's 29 columns
 
 LABEL_KEY = "label"

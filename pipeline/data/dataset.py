@@ -5,7 +5,8 @@
 A directory without a manifest is not a dataset: the converter writes ``manifest.json``
 last, so its presence means every shard it lists is complete. Shard paths in the
 manifest are relative to the dataset directory, so a dataset can be copied or moved
-(local ↔ gs://) as a whole.
+(local ↔ gs://) as a whole. ``DATA/validation.json`` is the latest comparison of this
+dataset with a baseline (``higgs validate``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 from pipeline.core import schema, storage
 from pipeline.core.errors import PipelineError
 
+VALIDATION_NAME = "validation.json"  # written by pipeline.data.validate, removed by a reconversion
+
 
 class DatasetError(PipelineError):
     """The location is not a complete dataset; the message says what to run."""
@@ -27,11 +30,18 @@ def manifest_uri(data: str) -> str:
     return storage.join(data, schema.MANIFEST_NAME)
 
 
-def load_manifest(data: str) -> dict[str, Any]:
+def validation_uri(data: str) -> str:
+    """Return where ``higgs validate`` writes its report for a dataset (``DATA/validation.json``)."""
+    return storage.join(data, VALIDATION_NAME)
+
+
+def load_manifest(data: str, check_features: bool = True) -> dict[str, Any]:
     """Read and sanity-check ``DATA/manifest.json``.
 
     Args:
         data: dataset directory, local or gs://.
+        check_features: refuse a manifest whose features differ from this version's schema
+            (off for :mod:`pipeline.data.validate`, which reports the difference itself).
 
     Returns:
         The manifest as a dict (contract fields: rows, bad_rows, source, shards, features).
@@ -55,7 +65,7 @@ def load_manifest(data: str) -> dict[str, Any]:
     missing = [k for k in ("rows", "shards", "features") if k not in manifest]
     if missing:
         raise DatasetError(f"{uri} lacks {', '.join(missing)}; rebuild with 'higgs convert --overwrite'")
-    if tuple(manifest["features"]) != schema.FEATURES:
+    if check_features and tuple(manifest["features"]) != schema.FEATURES:
         raise DatasetError(f"{uri} lists other features than this version's schema; rebuild it")
     return manifest
 

@@ -165,7 +165,8 @@ def encode_examples(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
     out[:, :FEATURES_OFFSET] = np.frombuffer(EXAMPLE_PREFIX, dtype=np.uint8)
     # '<f4' fixes the byte order: the tensor content and float_list are little-endian on the wire.
     out[:, FEATURES_OFFSET:FEATURES_OFFSET + schema.TENSOR_PAYLOAD_BYTES] = (
-        np.ascontiguousarray(features, dtype="<f4").view(np.uint8).reshape(n, -1)
+        # an explicit width, not -1: a block whose rows were all bad has n = 0
+        np.ascontiguousarray(features, dtype="<f4").view(np.uint8).reshape(n, schema.TENSOR_PAYLOAD_BYTES)
     )
     out[:, LABEL_OFFSET - len(LABEL_PREFIX):LABEL_OFFSET] = np.frombuffer(LABEL_PREFIX, np.uint8)
     out[:, LABEL_OFFSET:] = np.ascontiguousarray(labels, dtype="<f4").view(np.uint8).reshape(n, 4)

@@ -14,9 +14,10 @@ predictions on the same rows. Then, in ``RUN/report/``:
   ``test_rows``; plus ``feature_set`` and ``feature_names`` (the columns both the model and
   the baseline read, ``model.features``), ``keras_auc``, ``keras_auc_diff``,
   ``working_points``, ``baseline``, ``blessed`` and more),
-* ``blessing.json`` — the decision against ``evaluate.auc_floor`` and the currently
-  published model (``OUT/latest.json``) with its reasons; written last (``higgs publish``
-  needs it), and removed first, so a failed re-evaluation leaves no stale decision,
+* ``blessing.json`` — the decision against ``evaluate.auc_floor``, the currently
+  published model (``OUT/latest.json``) and the data validation, with its reasons; written
+  last (``higgs publish`` needs it), and removed first, so a failed re-evaluation leaves no
+  stale decision,
 * ``report.md``, ``roc.png``, ``scores.png``, ``history.png``;
 
 and ``RUN/model/saved_model/`` is exported if missing, with a reload check on test rows.
@@ -34,7 +35,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,6 +44,9 @@ from pipeline.core.config import Config, EvaluateConfig, read_config, to_yaml
 from pipeline.core.errors import PipelineError
 from pipeline.data import dataset, verify
 from pipeline.evaluation import export, metrics, report
+
+if TYPE_CHECKING:
+    from pipeline.data.validate import ValidationReport
 
 log = logging.getLogger(__name__)
 
@@ -128,25 +132,34 @@ def load_rows(
 
 
 def bless(candidate_auc: float, published: dict[str, Any] | None, cfg: EvaluateConfig,
-          published_at: str = "") -> dict[str, Any]:
+          published_at: str = "", validation: ValidationReport | None = None) -> dict[str, Any]:
     """Decide whether a candidate model may replace the published one.
 
-    Rules: the AUC must reach ``cfg.auc_floor``; and if a model is published, the AUC must
-    not be lower than the published AUC by more than ``cfg.max_auc_regression`` (a small
-    tolerance so a retrain on new data that is statistically equal still ships).
+    Rules: the training data must have passed validation against the published model's data
+    (a report with anomalies — kept going by ``validate.on_anomaly=warn`` — refuses the model:
+    its test AUC was measured on the same changed data, so it proves nothing); the AUC must
+    reach ``cfg.auc_floor``; and if a model is published, the AUC must not be lower than the
+    published AUC by more than ``cfg.max_auc_regression`` (a small tolerance so a retrain on
+    new data that is statistically equal still ships).
 
     Args:
         candidate_auc: the candidate's exact test AUC.
         published: the published run's metrics (with ``run_id``) or None.
         cfg: the evaluate config (floor, tolerance).
         published_at: where published models live, for the reasons' wording.
+        validation: the data validation report of the dataset (None: not validated).
 
     Returns:
         ``{"blessed", "reasons", "candidate_auc", "published_auc", "published_run_id",
-        "floor", "max_auc_regression"}``.
+        "floor", "max_auc_regression", "data_validation"}``.
     """
     reasons = []
     blessed = True
+    if validation is not None and not validation.ok:
+        blessed = False
+        reasons.append(f"data validation failed: {validation.headline()}")
+    elif validation is not None and validation.compared:
+        reasons.append(f"data validation passed: {validation.headline()}")
     if candidate_auc >= cfg.auc_floor:
         reasons.append(f"AUC {candidate_auc:.4f} reaches the floor {cfg.auc_floor:.4f}")
     else:
@@ -170,7 +183,23 @@ def bless(candidate_auc: float, published: dict[str, Any] | None, cfg: EvaluateC
     return {"blessed": blessed, "reasons": reasons, "candidate_auc": candidate_auc,
             "published_auc": published_auc,
             "published_run_id": published.get("run_id") if published else None,
-            "floor": cfg.auc_floor, "max_auc_regression": cfg.max_auc_regression}
+            "floor": cfg.auc_floor, "max_auc_regression": cfg.max_auc_regression,
+            "data_validation": validation_summary(validation)}
+
+
+def validation_summary(validation: ValidationReport | None) -> dict[str, Any] | None:
+    """What the metrics and the blessing record of a data validation (None: not validated).
+
+    Returns:
+        ``{"ok", "compared", "baseline", "baseline_run", "anomalies": [check dicts, worst
+        first], "headline"}``.
+    """
+    if validation is None:
+        return None
+    return {"ok": validation.ok, "compared": validation.compared, "baseline": validation.baseline,
+            "baseline_run": validation.baseline_run,
+            "anomalies": [c.to_dict() for c in validation.anomalies],
+            "headline": validation.headline()}
 
 
 def _read_history(run: Path) -> dict[str, list[float]]:
@@ -229,7 +258,8 @@ class Evaluation:
 
 
 def evaluate(cfg: Config, data: str | dataset.Dataset, run_dir: str,
-             published_metrics: dict[str, Any] | None = None, published_at: str = "") -> dict[str, Any]:
+             published_metrics: dict[str, Any] | None = None, published_at: str = "",
+             validation: ValidationReport | None = None) -> dict[str, Any]:
     """Evaluate ``RUN/model/model.keras`` on every test row and write ``RUN/report/``.
 
     Args:
@@ -241,6 +271,8 @@ def evaluate(cfg: Config, data: str | dataset.Dataset, run_dir: str,
             against; None when nothing is published
             (:func:`pipeline.publish.store.published_metrics` reads them).
         published_at: where published models live, for the blessing's wording.
+        validation: the data validation of ``data`` against the published model's dataset;
+            anomalies refuse the blessing and are listed in the report.
 
     Returns:
         The metrics dict also written to ``RUN/report/metrics.json``.
@@ -249,11 +281,12 @@ def evaluate(cfg: Config, data: str | dataset.Dataset, run_dir: str,
         EvaluateError: missing model, empty or inconsistent test split.
         pipeline.data.dataset.DatasetError: ``data`` is not a dataset.
     """
-    return evaluate_run(cfg, data, run_dir, published_metrics, published_at).metrics
+    return evaluate_run(cfg, data, run_dir, published_metrics, published_at, validation).metrics
 
 
 def evaluate_run(cfg: Config, data: str | dataset.Dataset, run_dir: str,
-                 published_metrics: dict[str, Any] | None = None, published_at: str = "") -> Evaluation:
+                 published_metrics: dict[str, Any] | None = None, published_at: str = "",
+                 validation: ValidationReport | None = None) -> Evaluation:
     """:func:`evaluate`, also returning the test labels and both classifiers' scores.
 
     Args:
@@ -264,6 +297,7 @@ def evaluate_run(cfg: Config, data: str | dataset.Dataset, run_dir: str,
             against; None when nothing is published
             (:func:`pipeline.publish.store.published_metrics` reads them).
         published_at: where published models live, for the blessing's wording.
+        validation: the data validation of ``data`` (see :func:`evaluate`).
 
     Returns:
         The :class:`Evaluation` (its ``metrics`` are also in ``RUN/report/metrics.json``).
@@ -345,8 +379,10 @@ def evaluate_run(cfg: Config, data: str | dataset.Dataset, run_dir: str,
         result["baseline"] = None
 
     result["export"] = export.export_run(run, features=check_rows, model=model)
-    blessing = bless(result["auc"], published_metrics, ecfg, published_at=published_at)
+    blessing = bless(result["auc"], published_metrics, ecfg, published_at=published_at,
+                     validation=validation)
     result["blessed"] = blessing["blessed"]
+    result["data_validation"] = blessing["data_validation"]
     result["published_auc"] = blessing["published_auc"]
     result["run_id"] = run.resolve().name
     result["data"] = data.uri

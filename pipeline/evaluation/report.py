@@ -290,6 +290,21 @@ def _feature_stats(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return {}
 
 
+def _validation_section(validation: Mapping[str, Any] | None) -> list[str]:
+    """The data validation's anomalies (none: one line), from ``blessing["data_validation"]``."""
+    if not validation or not validation.get("compared"):
+        return []
+    lines = ["## Data validation", "", validation["headline"], ""]
+    anomalies = validation.get("anomalies") or []
+    if anomalies:
+        lines += ["| feature | statistic | scope | value | threshold | status |",
+                  "|---|---|---|---:|---:|---|"]
+        lines += [f"| {a['feature']} | {a['statistic']} | {a['scope'] or '—'} | {_f(a['value'])} | "
+                  f"{_f(a['threshold'])} | {a['status']} |" for a in anomalies]
+        lines.append("")
+    return lines
+
+
 def _history_section(history: Mapping[str, Sequence[float]]) -> list[str]:
     # weight_norm: total Frobenius norm of the kernels (pipeline.training.optim.WeightNormCallback).
     keys = [k for k in ("loss", "val_loss", "auc", "val_auc", "accuracy", "val_accuracy", "lr", "weight_norm")
@@ -370,6 +385,7 @@ def write_markdown(
         f"Decision: {decision} (candidate AUC {_f(blessing.get('candidate_auc'))}, published AUC "
         f"{_f(blessing.get('published_auc'))}, floor {_f(blessing.get('floor'))}).", "",
         *[f"- {r}" for r in blessing.get("reasons", [])], "",
+        *_validation_section(blessing.get("data_validation")),
     ]
     export = m.get("export")
     if export:

@@ -118,6 +118,36 @@ def published_metrics(out: str) -> dict[str, Any] | None:
     return {**published, "run_id": latest["run_id"]}
 
 
+def published_dataset(out: str) -> tuple[str, str] | None:
+    """The dataset the model published at ``out`` was trained on: ``(data, run_id)``, or None.
+
+    The one place that knows how a published run names its training data, so validation
+    (``higgs validate --against OUT``, the flow's validate task) can compare new data with
+    it. Today that is the ``data`` location the run's evaluation recorded in
+    ``report/metrics.json`` (as given then: a relative path is relative to the working
+    directory); when runs carry provenance (the dataset manifest's fingerprint), read the
+    location from there instead and check the fingerprint.
+
+    Args:
+        out: where published models live (local directory or gs:// prefix).
+
+    Returns:
+        ``(dataset location, run id)``, or None when nothing is published at ``out``.
+
+    Raises:
+        PublishError: the published run does not record its dataset.
+    """
+    metrics = published_metrics(out)
+    if metrics is None:
+        return None
+    data = metrics.get("data")
+    if not data:
+        raise PublishError(f"published run {metrics['run_id']} at {out} does not record the dataset "
+                           f"it was trained on ({rundir.METRICS_FILE} has no 'data'); pass the "
+                           "baseline explicitly with --baseline DATA")
+    return str(data), str(metrics["run_id"])
+
+
 def _same_place(run: Path, dest: str) -> bool:
     return not storage.is_gcs(dest) and Path(dest).resolve() == run.resolve()
 

@@ -43,7 +43,8 @@ Modules, one job each:
 * :mod:`.transforms` — the DoFns and the composite ``CsvToTFRecords`` PTransform;
 * :mod:`.engine` — the runner, named explicitly (in-process ``FnApiRunner``, Beam's
   ``DaskRunner`` on a local or remote Dask cluster, or any runner Beam knows);
-* :mod:`.stats` — the mergeable moments behind the manifest's feature statistics;
+* :mod:`.stats` — per-block summaries merged into the manifest's statistics (moments and
+  fixed-edge histograms per class, :mod:`pipeline.data.stats`);
 * :mod:`.preflight` — source checks on the driver before anything runs;
 * :mod:`.stage` — staging, reuse of a finished dataset, publish, stale-staging cleanup;
 * :mod:`.run` — :func:`convert`, which wires those steps.

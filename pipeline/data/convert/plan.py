@@ -110,8 +110,8 @@ def plan_shards(pieces: Sequence[dict[str, Any]], parts: Sequence[tuple[int, int
             if r1 > r0:
                 ranges.append((meta["path"], (r0 - start) * records.FRAMED_BYTES,
                                (r1 - start) * records.FRAMED_BYTES))
-                whole = r1 - r0 == meta["records"] and "moments" in meta
-                summaries.append({"signal": meta["signal"], "moments": meta["moments"]}
+                whole = r1 - r0 == meta["records"] and "stats" in meta
+                summaries.append({"signal": meta["signal"], "stats": meta["stats"]}
                                  if whole else None)
         return ranges, summaries
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 
-from pipeline.core import storage
+from pipeline.core import schema, storage
 from pipeline.core.storage import Files
 from pipeline.data import textblocks
 from pipeline.data.convert.errors import ConvertError
@@ -91,5 +91,13 @@ def check_part(files: Files, path: str) -> float:
         raise ConvertError(
             f"source {path} starts with a header line ({first[:60].decode('utf-8', 'replace')}…); "
             "HIGGS files have none: remove it (e.g. 'zcat F | tail -n +2 | gzip > G')")
+    complete = sample.split(b"\n")[:-1] or [sample]
+    widths = {line.count(b",") + 1 for line in complete if line.strip()}
+    if len(widths) == 1 and (width := widths.pop()) != len(schema.CSV_COLUMNS):
+        # Every row, not one bad row: the export itself changed (a column dropped or added).
+        raise ConvertError(
+            f"source {path}: its first {len(complete):,} rows all have {width} columns, not "
+            f"{len(schema.CSV_COLUMNS)} ({schema.LABEL_KEY} + {schema.NUM_FEATURES} features in the "
+            "UCI order); a column was dropped or added upstream: fix the export")
     lines = sample.count(b"\n")
     return len(sample) / max(1, lines)

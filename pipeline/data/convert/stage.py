@@ -35,6 +35,7 @@ from pipeline.core.storage import Files
 from pipeline.data import records
 from pipeline.data.convert import stats
 from pipeline.data.convert.errors import ConvertError
+from pipeline.data.stats import STATISTICS_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,12 @@ def existing_dataset(files: Files, out: str, fingerprint: dict[str, Any],
         old = None
     same = (old is not None and _identity(old.get("source", {})) == _identity(fingerprint)
             and {k: old.get("options", {}).get(k) for k in wanted} == wanted)
+    if same and (old.get("statistics") or {}).get("version") != STATISTICS_VERSION:
+        # The same records, converted before the manifest carried these statistics: rebuild
+        # (the result is identical but for the statistics, which validation needs).
+        log.info("%s was built from this source without version-%d statistics; rebuilding it",
+                 out, STATISTICS_VERSION)
+        return None
     if same and not overwrite:
         log.info("%s is complete for this source and options; nothing to do", out)
         return old
@@ -176,13 +183,15 @@ def _read_json(files: Files, uri: str) -> dict[str, Any] | None:
 def owned_files(files: Files, out: str) -> set[str]:
     """Paths (relative to ``out``) of the files an earlier conversion wrote there.
 
-    The previous manifest's shards, ``manifest.json``, the bad-row report, the lock and the
-    journal of an interrupted publish with every file it names. Staging directories are the
+    The previous manifest's shards, ``manifest.json``, the bad-row report, the lock, the
+    validation report (``higgs validate``'s, which a republish removes with the old shards) and
+    the journal of an interrupted publish with every file it names. Staging directories are the
     converter's too (:data:`STAGING_PREFIX`), matched by prefix.
     """
     from pipeline.data import dataset
 
-    owned = {schema.MANIFEST_NAME, f"{BAD_ROWS_DIR}/{BAD_ROWS_FILE}", LOCK_FILE, JOURNAL_FILE}
+    owned = {schema.MANIFEST_NAME, f"{BAD_ROWS_DIR}/{BAD_ROWS_FILE}", LOCK_FILE, JOURNAL_FILE,
+             dataset.VALIDATION_NAME}  # higgs validate's report: a republish removes it (stale)
     manifest = _read_json(files, dataset.manifest_uri(out)) or {}
     for shards in (manifest.get("shards") or {}).values():
         owned.update(s["path"] for s in shards if isinstance(s, dict) and "path" in s)
@@ -284,7 +293,8 @@ def publish(files: Files, out: str, staging: str, result: dict[str, Any],
             raise ConvertError(f"split {split}: shards hold {rows[split]} records, statistics "
                                f"saw {split_stats['records']}; rerun the conversion")
         signal[split] = split_stats["signal"]
-    moments = stats.Moments.from_dict(result["stats"]["training"]["moments"])
+    feature_stats, statistics = stats.manifest_statistics(
+        {split: d["stats"] for split, d in result["stats"].items()}, bad, plan["total_lines"])
     manifest = {
         "rows": rows,
         "bad_rows": bad,
@@ -301,7 +311,8 @@ def publish(files: Files, out: str, staging: str, result: dict[str, Any],
                   "lines": {s: list(r) for s, r in plan["lines"].items()}},
         "bad_rows_by_kind": result["bad_rows_by_kind"],
         "signal_fraction": {s: (signal[s] / rows[s] if rows[s] else None) for s in schema.SPLITS},
-        "feature_stats": stats.feature_stats(moments),
+        "feature_stats": feature_stats,
+        "statistics": statistics,
         "converter_version": CONVERTER_VERSION,
         "options": {**wanted, "block_rows": data_cfg.block_rows, "block_bytes": block_bytes,
                     "max_bad_rows": data_cfg.max_bad_rows, "beam_args": redact(beam_args)},

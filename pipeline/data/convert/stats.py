@@ -1,10 +1,14 @@
-"""Mergeable per-feature statistics of converted rows (the manifest's ``feature_stats``).
+"""The converter's statistics: a summary per parsed block, merged per split into the manifest.
 
     .venv/bin/pytest tests/test_convert.py -q -k statistics
 
-Each parsed block is summarised once, where it is parsed (:func:`summarise`); a split's
-statistics merge the summaries of its whole pieces (Chan et al.), so only the pieces a split
-boundary cuts are decoded again.
+Each parsed block is summarised once, where it is parsed (:func:`summarise`, in the read
+step's helper thread): a :class:`pipeline.data.stats.SplitStats` — per class moments and
+fixed-edge histograms of every feature. A split's statistics merge the summaries of its whole
+pieces, so only the pieces a split boundary cuts are decoded again; nothing reads the source
+twice. :func:`manifest_statistics` gives the manifest's ``feature_stats`` (training split,
+count/mean/std/min/max) and ``statistics`` (every split, overall and per class, histograms,
+signal fraction, bad-row rate; the layout is :mod:`pipeline.data.stats`'s).
 """
 
 from __future__ import annotations
@@ -14,61 +18,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.core import schema
+from pipeline.data.stats import Moments, SplitStats, dataset_statistics
 
-
-class Moments:
-    """Mergeable per-feature count/mean/M2/min/max (Chan et al.), float64."""
-
-    def __init__(self, width: int = schema.NUM_FEATURES):
-        self.n = 0
-        self.mean = np.zeros(width)
-        self.m2 = np.zeros(width)
-        self.min = np.full(width, np.inf)
-        self.max = np.full(width, -np.inf)
-
-    def add(self, x: np.ndarray) -> None:
-        """Fold in the rows of ``x`` (float32 [n, width])."""
-        if x.shape[0] == 0:
-            return
-        other = Moments(x.shape[1])
-        other.n = x.shape[0]
-        # float64 accumulators over the float32 block, without a float64 copy of it; the
-        # deviations from the float32-rounded mean are corrected exactly for the rounding.
-        other.mean = x.mean(axis=0, dtype=np.float64)
-        mean32 = other.mean.astype(x.dtype)
-        dev = x - mean32
-        np.square(dev, out=dev)
-        shift = other.mean - mean32.astype(np.float64)
-        other.m2 = np.maximum(dev.sum(axis=0, dtype=np.float64) - other.n * shift**2, 0.0)
-        other.min = x.min(axis=0).astype(np.float64)
-        other.max = x.max(axis=0).astype(np.float64)
-        self.merge(other)
-
-    def merge(self, other: Moments) -> None:
-        """Fold in another set of moments (of disjoint rows)."""
-        if other.n == 0:
-            return
-        n = self.n + other.n
-        delta = other.mean - self.mean
-        self.mean = self.mean + delta * other.n / n
-        self.m2 = self.m2 + other.m2 + delta**2 * self.n * other.n / n
-        self.n = n
-        self.min = np.minimum(self.min, other.min)
-        self.max = np.maximum(self.max, other.max)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (what travels between Beam steps)."""
-        return {"n": self.n, "mean": self.mean.tolist(), "m2": self.m2.tolist(),
-                "min": self.min.tolist(), "max": self.max.tolist()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Moments:
-        """Inverse of :meth:`to_dict`."""
-        m = cls(len(d["mean"]))
-        m.n = d["n"]
-        m.mean, m.m2 = np.asarray(d["mean"]), np.asarray(d["m2"])
-        m.min, m.max = np.asarray(d["min"]), np.asarray(d["max"])
-        return m
+__all__ = ["Moments", "SplitStats", "feature_stats", "manifest_statistics", "summarise"]
 
 
 def summarise(labels: np.ndarray, features: np.ndarray) -> dict[str, Any]:
@@ -79,23 +31,40 @@ def summarise(labels: np.ndarray, features: np.ndarray) -> dict[str, Any]:
         features: float32 [k, 28].
 
     Returns:
-        ``{"signal": number of label-1 rows, "moments": Moments(features).to_dict()}``.
+        ``{"signal": number of label-1 rows, "stats": SplitStats of the block, as a dict}``.
     """
-    moments = Moments()
-    moments.add(features)
-    return {"signal": int((labels == 1).sum()), "moments": moments.to_dict()}
+    block = SplitStats()
+    block.add(labels, features)
+    return {"signal": block.signal, "stats": block.to_dict()}
 
 
 def feature_stats(moments: Moments) -> dict[str, dict[str, float]]:
     """Per-feature ``count/mean/std/min/max`` for the manifest, keyed by feature name.
 
     Args:
-        moments: the training split's moments.
+        moments: the training split's moments (all rows).
 
     Returns:
         ``{feature name: {"count", "mean", "std", "min", "max"}}`` (population std).
     """
-    std = np.sqrt(moments.m2 / max(1, moments.n))
+    std = moments.std()
     return {name: {"count": moments.n, "mean": float(moments.mean[j]), "std": float(std[j]),
                    "min": float(moments.min[j]), "max": float(moments.max[j])}
             for j, name in enumerate(schema.FEATURES)}
+
+
+def manifest_statistics(splits: dict[str, dict[str, Any]], bad_rows: int,
+                        source_rows: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The manifest's ``feature_stats`` and ``statistics`` from the per-split results.
+
+    Args:
+        splits: split name → ``SplitStats.to_dict()`` of all its rows.
+        bad_rows: rows the converter skipped.
+        source_rows: lines of the source.
+
+    Returns:
+        ``(feature_stats, statistics)``.
+    """
+    merged = {split: SplitStats.from_dict(d) for split, d in splits.items()}
+    return (feature_stats(merged["training"].overall()),
+            dataset_statistics(merged, bad_rows, source_rows))

@@ -72,7 +72,7 @@ def block_to_piece(text, part, index, staging, files):
 
     Returns:
         ``(piece metadata, bad rows)``: ``{"part", "lines", "records", "path", "signal",
-        "moments"}`` (the caller adds ``line0``) and ``[(line within the block, kind, text)]``.
+        "stats"}`` (the caller adds ``line0``) and ``[(line within the block, kind, text)]``.
     """
     lines = parse.count_lines(text)
     labels, features, bad = parse.parse_with_snippets(text, lines, use_threads=False)
@@ -195,15 +195,11 @@ class FinishTask(beam.DoFn):
                 "path": task["path"], "records": written}
 
     def _split_stats(self, task: dict[str, Any]) -> dict[str, Any]:
-        moments = stats.Moments()
-        signal = 0
+        split = stats.SplitStats()
         seen = 0
-        training = task["split"] == "training"  # the manifest's feature stats are training's
         for (path, start, end), summary in zip(task["ranges"], task["summaries"], strict=True):
             if summary is not None:
-                signal += summary["signal"]
-                if training:
-                    moments.merge(stats.Moments.from_dict(summary["moments"]))
+                split.merge(stats.SplitStats.from_dict(summary["stats"]))
                 seen += (end - start) // records.FRAMED_BYTES
                 continue
             data = self.files.read_range(path, start, end)
@@ -211,15 +207,13 @@ class FinishTask(beam.DoFn):
                 raise _short_piece(path)
             framed = np.frombuffer(data, np.uint8).reshape(-1, records.FRAMED_BYTES)
             feats, labels = records.decode_examples(framed[:, 12:12 + records.EXAMPLE_BYTES])
-            signal += int((labels == 1).sum())
             seen += labels.shape[0]
-            if training:
-                moments.add(feats)
-        if seen != task["records"]:
+            split.add(labels, feats)
+        if seen != task["records"] or split.rows != seen:
             raise ConvertError(f"{MARK}split {task['split']} has {seen} records, planned "
                                f"{task['records']}; rerun the conversion")
-        return {"kind": "stats", "split": task["split"], "records": seen, "signal": signal,
-                "moments": moments.to_dict()}
+        return {"kind": "stats", "split": task["split"], "records": seen, "signal": split.signal,
+                "stats": split.to_dict()}
 
 
 def _short_piece(path: str) -> ConvertError:
