@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine (only Python 3.11 needed):
 #   make run    — the main job on the embedded default (generated sample, local Prefect
-#                 server on 127.0.0.1, DirectRunner, local storage under runs/)
+#                 server on 127.0.0.1, DirectRunner; data under data/, the working run
+#                 under runs/, the published model under published/ with published/latest.json)
 #   make test   — the test suite (unit, integration, e2e)
 # Both create .venv from requirements.lock if it is missing or out of date.
 

@@ -243,15 +243,18 @@ def evaluate(cfg: Config, data: Dataset, run_dir: str, publish_to: str,
 
 @task(name="publish", cache_policy=NO_CACHE, **IO_RETRIES)
 def publish(run_dir: str, publish_to: str) -> PublishResult:
-    """Copy model and report to ``publish_to``; ``latest.json`` moves only to a blessed model.
+    """Copy model and report to ``publish_to`` (immutable); ``latest.json`` moves only to a blessed model.
+
+    A retry after a failure midway completes the same publish (the store keeps what was
+    verified and copies the rest). The store's history names this flow run as the publisher.
 
     Returns:
-        What was published: ``uri``, ``run_id``, ``files``, ``latest_moved``.
+        ``PublishResult`` with ``uri``, ``run_id``, ``files``, ``latest_moved``, ``latest_reason``.
     """
+    via = f"prefect flow run {flow_run.get_name()} ({flow_run.get_id()})" if flow_run.get_id() else None
     with _remote_failures_retryable(publish_to):
-        result = chain.step_publish(run_dir, publish_to)
-    _logger().info("published %d files to %s; latest.json %s", result.files, result.uri,
-                          "moved to this run" if result.latest_moved else "unchanged (not blessed)")
+        result = chain.step_publish(run_dir, publish_to, via=via)
+    _logger().info("published %d files to %s; %s", result.files, result.uri, result.latest_reason)
     return result
 
 
@@ -317,7 +320,8 @@ def higgs(
             generates a sample (preset ``full`` defaults to the UCI address).
         data_dir: root for sources and converted datasets (local or gs://; default ``data``).
         runs_root: where run directories go (default ``runs``; the run is ``<runs_root>/<run_id>``).
-        publish_to: where model and report are published (local or gs://; default ``runs``).
+        publish_to: the published store, apart from the runs (local or gs://; default
+            ``published``: ``published/<run_id>/``, ``published/latest.json``, ``published/history/``).
         runner: Beam runner for the conversion (default ``DirectRunner``).
         beam_args: extra Beam pipeline options, e.g. ``["--project=p", "--region=europe-west4"]``.
         strategy: tf.distribute strategy (default ``auto``).
@@ -374,6 +378,7 @@ def higgs(
         "validation": validation.headline(),
         "published": published.uri,
         "latest_moved": published.latest_moved,
+        "latest": published.latest_reason,
         **where,
     }
     logger.info("done: AUC %.4f, blessed %s; report %s; model %s", metrics["auc"], metrics.get("blessed"),

@@ -11,8 +11,9 @@ What it does, on a fresh machine (only the virtual environment needs to exist):
 2. serves the deployments of ``prefect.yaml`` (``python -m flows.deployments``) in a
    background process — no work pool or worker to set up;
 3. runs ``prefect deployment run higgs/sample --watch`` and waits for the flow run;
-4. prints the final state, where the report and the model were published (``runs/<run_id>/``,
-   ``runs/latest.json`` moved when the model is blessed), the time per task and the UI address;
+4. prints the final state, where the report and the model were published (the run works in
+   ``runs/<run_id>/``, is published to ``published/<run_id>/``; ``published/latest.json`` moves
+   when the model is blessed), the time per task and the UI address;
 5. stops the processes it started, unless ``--keep-running``.
 
 The helpers (:class:`LocalServer`, :func:`start_serving`, :func:`run_deployment`,

@@ -45,8 +45,13 @@ def train(cfg: Config, data: str | dataset.Dataset, run_dir: str) -> TrainResult
 
     Raises:
         TrainError: a worker of the local cluster failed, or the run directory is unusable.
+        pipeline.publish.store.PublishedLocationError: ``run_dir`` is a published model or
+            inside a published store (published models never change).
         pipeline.cloud.vertex.VertexConfigError / VertexJobError: the job could not run.
     """
+    from pipeline.publish import store
+
+    store.refuse_published(run_dir, "train")
     backend = backend_for(cfg)
     if backend == "vertex":
         from pipeline.cloud import vertex

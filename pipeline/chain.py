@@ -16,9 +16,11 @@ Default locations (all overridable):
   directory named after the source (``data/higgs-synth-uci-r220000-s1``, ``data/higgs`` for
   the UCI ``higgs.zip``, ``data/HIGGS`` for ``HIGGS.csv.gz``);
 - the run under ``cfg.runtime.runs_root`` (``runs/<run_id>``, run id
-  ``20261121-083000-sample``);
-- published to ``cfg.runtime.publish_to`` (``runs``; ``runs/latest.json`` moves only to a
-  blessed model).
+  ``20261121-083000-sample``): the working directory training and evaluation write;
+- published to ``cfg.runtime.publish_to`` (``published/<run_id>``, immutable once published;
+  ``published/latest.json`` moves only to a blessed model, ``published/history/`` records
+  each move). The two roots are kept apart: publish refuses a run inside its store, and
+  training or evaluation refuse a published model or a directory inside a store.
 """
 
 from __future__ import annotations
@@ -271,8 +273,10 @@ def step_evaluate(cfg: Config, data: str | Dataset, run_dir: str, publish_to: st
                   validation: ValidationReport | None = None) -> dict[str, Any]:
     """Evaluate on the test split, write ``RUN/report/`` and decide the blessing.
 
-    The blessing compares against the model currently published at ``publish_to``, and
-    refuses a model trained on data with validation anomalies (``validate.on_anomaly=warn``).
+    The blessing compares against the model currently published at ``publish_to`` (publish
+    applies the rule again against what is published then), and refuses a model trained on
+    data with validation anomalies (``validate.on_anomaly=warn``). A published model is never
+    re-evaluated in place: its report is part of what was published.
 
     Args:
         cfg: the resolved config.
@@ -283,23 +287,33 @@ def step_evaluate(cfg: Config, data: str | Dataset, run_dir: str, publish_to: st
 
     Returns:
         The metrics dict (``auc``, ``auc_ci95``, ``blessed``, …) also in ``RUN/report/metrics.json``.
+
+    Raises:
+        pipeline.publish.store.PublishedLocationError: ``run_dir`` is a published model or
+            inside a published store.
     """
     from pipeline.evaluation import evaluate
     from pipeline.publish import store
 
+    store.refuse_published(run_dir, "evaluate")
     return evaluate.evaluate(cfg, data, run_dir, published_metrics=store.published_metrics(publish_to),
                              published_at=publish_to, validation=validation)
 
 
-def step_publish(run_dir: str, publish_to: str) -> PublishResult:
-    """Publish model and report; ``latest.json`` moves only to a blessed run.
+def step_publish(run_dir: str, publish_to: str, via: str | None = None) -> PublishResult:
+    """Publish model and report (immutable); ``latest.json`` moves only to a blessed run.
+
+    Args:
+        run_dir: the evaluated run.
+        publish_to: the published store.
+        via: what is publishing, for the store's history (default: this command line).
 
     Returns:
-        What was published (``uri``, ``run_id``, ``files``, ``latest_moved``).
+        What was published (``uri``, ``run_id``, ``files``, ``latest_moved``, ``latest_reason``).
     """
     from pipeline.publish import store as publish
 
-    return publish.publish(run_dir, publish_to)
+    return publish.publish(run_dir, publish_to, via=via)
 
 
 # --- presentation shared by `higgs run` and the flow's artifacts ---------------------------
@@ -382,8 +396,8 @@ class ChainResult:
             f"  model:  {where['model']}",
         ]
         if self.published is not None:
-            latest = "moved to this run" if self.published.latest_moved else "unchanged (not blessed)"
-            lines.append(f"  latest: {storage.join(self.paths.publish_to, 'latest.json')} {latest}")
+            lines.append(f"  latest: {storage.join(self.paths.publish_to, 'latest.json')}: "
+                         f"{self.published.latest_reason}")
         if self.validation is not None:
             lines.append(f"  checks: {self.validation.headline()}")
         if self.conversion is not None and self.conversion.skipped:

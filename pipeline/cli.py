@@ -8,7 +8,9 @@
     higgs lr-find --data data/sample --out runs/lrfind --set train.optimizer=sgd
     higgs tune --data data/sample --out runs/tune --trials 8
     higgs evaluate --data data/sample --run runs/try
-    higgs publish --run runs/try --to runs
+    higgs publish --run runs/try --to published
+    higgs models --to published
+    higgs rollback --to published --run 20261121-083000-sample
     higgs run --preset sample
     higgs paper --preset paper      # Baldi et al. 2014 Table 1: deep model and BDT × 3 feature sets
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 
@@ -162,9 +165,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_publish(args: argparse.Namespace) -> int:
     from pipeline.publish import store as publish
 
-    result = publish.publish(args.run, args.to)
-    moved = "moved latest.json to it" if result.latest_moved else "latest.json unchanged (not blessed)"
-    print(f"published {result.files} files to {result.uri}; {moved}")
+    result = publish.publish(args.run, args.to, via=args.via)
+    what = (f"published {result.files} files to {result.uri}" if result.copied else
+            f"{result.uri} was already published with these {result.files} files (verified)")
+    print(f"{what}; {result.latest_reason}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from pipeline.publish import store
+
+    print(store.format_models(store.list_models(args.to), args.to))
+    if args.history:
+        def auc(x: float | None) -> str:
+            return "—" if x is None else f"{x:.4f}"
+
+        for move in store.read_history(args.to):
+            print(f"{move['at']}  {move['action']:8}  {move['from'] or '—'} → {move['to']}  "
+                  f"AUC {auc(move.get('from_auc'))} → {auc(move.get('to_auc'))}  "
+                  f"by {move['by']} via {move['via']}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from pipeline.publish import store
+
+    _moved, reason = store.rollback(args.to, args.run, via=args.via)
+    print(reason)
     return 0
 
 
@@ -277,10 +304,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(handler=cmd_evaluate)
 
-    p = sub.add_parser("publish", help="copy model + report to a directory or gs://")
+    p = sub.add_parser("publish", help="copy model + report to a directory or gs:// (immutable); "
+                                       "latest.json moves by compare-and-swap to a blessed model")
     p.add_argument("--run", required=True, metavar="RUN")
     p.add_argument("--to", required=True, metavar="OUT")
     p.set_defaults(handler=cmd_publish)
+
+    p = sub.add_parser("models", help="list the published models: AUC, blessing, dataset, code, latest")
+    p.add_argument("--to", required=True, metavar="OUT", help="the published store (directory or gs://)")
+    p.add_argument("--history", action="store_true", help="also print every move of latest.json")
+    p.set_defaults(handler=cmd_models)
+
+    p = sub.add_parser("rollback", help="point latest.json at an earlier published, blessed model")
+    p.add_argument("--to", required=True, metavar="OUT", help="the published store (directory or gs://)")
+    p.add_argument("--run", required=True, metavar="ID", help="the published model's run id")
+    p.set_defaults(handler=cmd_rollback)
 
     p = sub.add_parser("run", help="the whole chain in-process (what the flow runs)")
     p.add_argument("--source", default=None, metavar="URI")
@@ -313,6 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # dask.distributed sets its loggers' levels from its config when first imported.
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     handler: Callable[..., int] = args.handler
+    args.via = shlex.join(["higgs", *(sys.argv[1:] if argv is None else argv)])  # for the registry
     try:
         if getattr(args, "takes_beam_args", False):
             return handler(args, unknown)

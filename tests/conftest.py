@@ -1,5 +1,8 @@
 """Shared fixtures: a real gcp-storage-emulator on 127.0.0.1, free ports, small configs.
 
+The emulator runs through ``tests/gcs_emulator.py``, which adds Cloud Storage's
+``ifGenerationMatch`` check (412) that the emulator itself does not make.
+
     .venv/bin/pytest tests -k gcs
 """
 
@@ -43,6 +46,14 @@ def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> 
     raise RuntimeError(f"gcp-storage-emulator did not listen on 127.0.0.1:{port} in {timeout:.0f}s")
 
 
+def start_gcs_emulator(port: int, *extra: str) -> subprocess.Popen:
+    """Start gcp-storage-emulator (in memory, with generation preconditions) on 127.0.0.1:``port``."""
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "gcs_emulator.py"), "start", "--host", "127.0.0.1",
+         "--port", str(port), "--in-memory", "--quiet", *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 @pytest.fixture(scope="session")
 def gcs_emulator() -> Iterator[str]:
     """Start gcp-storage-emulator (in memory) on a free loopback port for the session.
@@ -51,12 +62,7 @@ def gcs_emulator() -> Iterator[str]:
     to it, and yields its ``http://127.0.0.1:PORT`` address.
     """
     port = free_port()
-    exe = Path(sys.executable).with_name("gcp-storage-emulator")
-    proc = subprocess.Popen(
-        [str(exe), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory", "--quiet"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_gcs_emulator(port)
     host = f"http://127.0.0.1:{port}"
     saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")}
     try:

@@ -14,6 +14,7 @@ import pytest
 from pipeline import chain
 from pipeline.core.config import load_config
 from pipeline.core.errors import PipelineError
+from pipeline.publish import store
 
 # The production sample preset shrunk so the real chain runs in well under a minute here.
 SMALL = ["data.synth_rows=20000", "train.epochs=2", "model.units=32", "model.blocks=2",
@@ -77,12 +78,21 @@ def test_split_table_has_rows_and_the_auc_known_per_split():
     assert chain.baseline_auc({"baseline": None}) is None
 
 
+def test_defaults_keep_runs_and_the_published_store_apart():
+    cfg = load_config("sample")
+    assert (cfg.runtime.runs_root, cfg.runtime.publish_to) == ("runs", "published")
+    paths = chain.default_paths(cfg, run_id="r1")
+    assert (paths.run_dir, paths.publish_to) == ("runs/r1", "published")
+
+
 @pytest.mark.slow
 def test_run_chain_end_to_end_then_reuses_conversion(tmp_path):
-    """The real chain on a small generated sample; a second run reuses the converted dataset."""
-    cfg = load_config("sample", overrides=[*SMALL, f"data.data_root={tmp_path}/data",
-                                           f"runtime.runs_root={tmp_path}/runs",
-                                           f"runtime.publish_to={tmp_path}/runs"])
+    """The real chain on a small generated sample, twice with a known blessing outcome: the
+    first run (floor within reach) is blessed and moves latest.json; the second (floor 0.999,
+    out of reach) is published but leaves latest.json byte-identical; it reuses the dataset."""
+    roots = [f"data.data_root={tmp_path}/data", f"runtime.runs_root={tmp_path}/runs",
+             f"runtime.publish_to={tmp_path}/published"]
+    cfg = load_config("sample", overrides=[*SMALL, *roots, "evaluate.auc_floor=0.5"])
     first = chain.run_chain(cfg, run_dir=str(tmp_path / "runs" / "first"))
 
     assert first.conversion.skipped is False
@@ -91,25 +101,34 @@ def test_run_chain_end_to_end_then_reuses_conversion(tmp_path):
     assert (run / "model" / "model.keras").is_file()
     metrics = json.loads((run / "report" / "metrics.json").read_text())
     assert 0.5 < metrics["auc"] <= 1.0 and metrics["auc"] == first.metrics["auc"]
-    assert first.published.uri == str(run)  # published in place: runs/<run_id>
-    latest = tmp_path / "runs" / "latest.json"
-    assert latest.is_file() == bool(first.metrics["blessed"])
+    assert first.metrics["blessed"] is True
+    published = tmp_path / "published" / "first"
+    assert first.published.uri == str(published) and (published / "MANIFEST").is_file()
+    assert not (run / "MANIFEST").exists()  # the working run is not the published copy
+    latest = tmp_path / "published" / "latest.json"
+    assert first.published.latest_moved and json.loads(latest.read_text())["run_id"] == "first"
     summary = first.summary()
-    assert str(run / "report" / "report.md") in summary and "AUC" in summary and "publish" in summary
+    assert str(published / "report" / "report.md") in summary and "AUC" in summary
+    assert "latest.json moved from nothing to first" in summary
 
-    second = chain.run_chain(cfg, run_dir=str(tmp_path / "runs" / "second"))
+    before = latest.read_bytes()
+    unreachable = load_config("sample", overrides=[*SMALL, *roots, "evaluate.auc_floor=0.999"])
+    second = chain.run_chain(unreachable, run_dir=str(tmp_path / "runs" / "second"))
     assert second.conversion.skipped is True
     assert "reused" in second.summary()
-    assert Path(second.published.uri).name == "second"
+    assert second.metrics["blessed"] is False and not second.published.latest_moved
+    assert Path(second.published.uri) == tmp_path / "published" / "second"
+    assert latest.read_bytes() == before
+    assert [h["to"] for h in store.read_history(str(tmp_path / "published"))] == ["first"]
 
 
 def test_run_chain_missing_source_publishes_nothing(tmp_path):
     cfg = load_config("sample", overrides=[f"data.source={tmp_path}/nope/HIGGS.csv.gz",
                                            f"runtime.runs_root={tmp_path}/runs",
-                                           f"runtime.publish_to={tmp_path}/runs"])
+                                           f"runtime.publish_to={tmp_path}/published"])
     with pytest.raises(PipelineError, match=r"nope/HIGGS\.csv\.gz does not exist"):
         chain.run_chain(cfg)
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "published").exists()
 
 
 def test_beam_options_for_dataflow_come_from_runtime_config():

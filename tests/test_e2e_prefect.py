@@ -117,19 +117,27 @@ def test_prefect_yaml_deploys_all_with_the_weekly_retrain_schedule(server, deplo
     assert first == _next_monday_3am_utc(datetime.now(UTC))
 
 
+def _run_sample(server, served, tmp_path: Path, params: dict, log_name: str):
+    with open(tmp_path / log_name, "wb") as out:
+        code, name = run_deployment(server.env(), "higgs/sample", params, timeout=600, output=out,
+                                    serving=served[0])
+    outcome = inspect_flow_run(server.api_url, name)
+    assert outcome.state == "Completed", (outcome.message, _tail(tmp_path / log_name), _tail(served[1]))
+    assert code == 0
+    return outcome
+
+
 def test_served_sample_deployment_runs_to_completion_and_publishes(server, served, tmp_path):
+    """Two CLI-triggered runs of higgs/sample with a known blessing outcome: the first (floor
+    0.5, within reach) is blessed and moves published/latest.json to it; the second (floor
+    0.999, out of reach) is published too, and latest.json stays byte for byte on the first."""
     retrain = api(server.api_url, "GET", "/deployments/name/higgs/retrain")
     assert _cron_schedules(retrain) == [("0 3 * * 1", "UTC", True)]  # serving keeps the cron
 
     params = {"data_dir": str(tmp_path / "data"), "runs_root": str(tmp_path / "runs"),
-              "publish_to": str(tmp_path / "runs"), "overrides": SMALL}
-    with open(tmp_path / "cli.log", "wb") as out:
-        code, name = run_deployment(server.env(), "higgs/sample", params, timeout=600, output=out,
-                                    serving=served[0])
-    outcome = inspect_flow_run(server.api_url, name)
-    assert outcome.state == "Completed", (outcome.message, _tail(tmp_path / "cli.log"), _tail(served[1]))
-    assert code == 0
-
+              "publish_to": str(tmp_path / "published")}
+    outcome = _run_sample(server, served, tmp_path,
+                          {**params, "overrides": [*SMALL, "evaluate.auc_floor=0.5"]}, "cli-1.log")
     assert set(outcome.artifacts) == {"higgs-report", "higgs-metrics", "higgs-model"}
     assert {a["type"] for a in outcome.artifacts.values()} == {"markdown", "table"}
     table = json.loads(outcome.artifacts["higgs-metrics"]["data"])
@@ -138,19 +146,32 @@ def test_served_sample_deployment_runs_to_completion_and_publishes(server, serve
     runs = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     assert len(runs) == 1 and runs[0].name.endswith("-sample")
     run = runs[0]
-    assert outcome.model == str(run / "model")
-    assert outcome.report == str(run / "report" / "report.md")
-    assert (run / "model" / "model.keras").is_file() and (run / "model" / "saved_model").is_dir()
+    published = tmp_path / "published" / run.name
+    assert outcome.model == str(published / "model")
+    assert outcome.report == str(published / "report" / "report.md")
+    assert (published / "model" / "model.keras").is_file() and (published / "model" / "saved_model").is_dir()
+    assert (published / "MANIFEST").is_file() and (published / "provenance.json").is_file()
     metrics = json.loads((run / "report" / "metrics.json").read_text())
     assert f"{metrics['auc']:.4f}" in outcome.artifacts["higgs-report"]["data"]
-    latest = tmp_path / "runs" / "latest.json"
-    assert latest.is_file() == bool(metrics["blessed"])
+    assert metrics["blessed"] is True
+    latest = tmp_path / "published" / "latest.json"
+    assert json.loads(latest.read_text())["run_id"] == run.name
     assert set(outcome.task_seconds) == {"ensure_source", "convert", "validate", "train", "evaluate",
                                          "publish"}
     # The library's own log records reach the run's logs in the API.
     logs = api(server.api_url, "POST", "/logs/filter",
                {"logs": {"flow_run_id": {"any_": [outcome.flow_run_id]}}, "limit": 200})
     assert {"pipeline.training.train", "pipeline.evaluation.evaluate"} <= {rec["name"] for rec in logs}
+
+    before = latest.read_bytes()
+    second = _run_sample(server, served, tmp_path,
+                         {**params, "overrides": [*SMALL, "evaluate.auc_floor=0.999"]}, "cli-2.log")
+    assert "**False**" in second.artifacts["higgs-report"]["data"]  # not blessed
+    second_run = Path(second.model).parent
+    assert second_run.name != run.name and (second_run / "MANIFEST").is_file()
+    assert latest.read_bytes() == before
+    moves = [json.loads(p.read_text()) for p in sorted((tmp_path / "published" / "history").iterdir())]
+    assert [(m["from"], m["to"]) for m in moves] == [(None, run.name)]
 
 
 def test_missing_source_run_fails_with_one_line_and_publishes_nothing(server, served, tmp_path):

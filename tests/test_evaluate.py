@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pipeline.core import schema
+from pipeline.core import checksums, schema
 from pipeline.core.config import EvaluateConfig, load_config, write_config
 from pipeline.data import records
 from pipeline.evaluation import evaluate, export
@@ -143,8 +143,9 @@ def test_report_files_and_pngs(evaluated) -> None:
             assert img.format == "PNG" and img.width > 400 and img.height > 300
     md = (out / "report.md").read_text()
     for heading in ("## Data", "## Configuration", "## Training history",
-                    "## Metrics: deep model vs BDT baseline", "## Blessing", "## Export"):
+                    "## Metrics: deep model vs BDT baseline", "## Blessing", "## Export", "## Provenance"):
         assert heading in md, heading
+    assert "has no `provenance.json`" in md  # the fixture fits in-process, not via higgs train
     test_fraction = float(arrays["test"][1].mean())
     assert f"| test | {ROWS['test']:,} | {100 * test_fraction:.1f}% | 2 |" in md
     assert "bad rows dropped by the converter: 3 (columns: 2, non_numeric: 1)" in md
@@ -159,6 +160,14 @@ def test_blessing_file_and_export(evaluated) -> None:
     blessing = json.loads((run / "report" / "blessing.json").read_text())
     assert blessing["blessed"] is result["blessed"] is True
     assert blessing["published_auc"] is None and blessing["floor"] == 0.6
+    # What the decision was about, for publish to check: this model file, this dataset.
+    from pipeline.core import storage
+    from pipeline.data import dataset
+
+    assert blessing["model_sha256"] == result["model_sha256"] == \
+        checksums.file_checksums(run / "model" / "model.keras").sha256
+    assert blessing["dataset_fingerprint"] == result["dataset_fingerprint"] == \
+        dataset.fingerprint(str(_data))
     assert any("no model is published" in r for r in blessing["reasons"])
     saved = run / "model" / "saved_model"
     assert (saved / "saved_model.pb").is_file()
@@ -272,7 +281,10 @@ def test_missing_model_is_one_clear_line(trained, tmp_path: Path, capsys) -> Non
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_e2e_train_evaluate_publish_via_cli(small_dataset: str, tmp_path: Path, capsys) -> None:
-    """Converted dataset → run_training → `higgs evaluate` → `higgs publish` (in place)."""
+    """Converted dataset → run_training → `higgs evaluate` → `higgs publish` to a separate store.
+
+    The provenance recorded at train time reaches report.md and the published MANIFEST, and
+    publish accepts the report because it was computed for this model file and dataset."""
     from PIL import Image
 
     from pipeline import cli
@@ -282,13 +294,18 @@ def test_e2e_train_evaluate_publish_via_cli(small_dataset: str, tmp_path: Path, 
     overrides = ["train.epochs=2", "model.blocks=1", "model.units=32", "train.batch_size_per_replica=256",
                  "train.steps_per_execution=4", "evaluate.baseline_rows=4000",
                  "evaluate.baseline_trees=20", "evaluate.auc_floor=0.55"]
-    runs = tmp_path / "runs"
+    runs, out = tmp_path / "runs", tmp_path / "published"
     run = runs / "e2e-run"
     train.run_training(load_config("sample", overrides=overrides), small_dataset, str(run))
     sets = [arg for o in overrides for arg in ("--set", o)]
+    prov = json.loads((run / "provenance.json").read_text())
+    assert prov["dataset"]["fingerprint"] == dataset.fingerprint(small_dataset)
+    assert prov["strategy"] and prov["replicas"] == 1 and len(prov["config_sha256"]) == 64
+    assert prov["packages"]["tensorflow"] and prov["packages"]["tf_keras"] and prov["packages"]["prefect"]
+    assert prov["code"]["git_commit"] or prov["code"]["package_version"]
 
     assert cli.main(["evaluate", "--data", small_dataset, "--run", str(run),
-                     "--published", str(runs), *sets]) == 0
+                     "--published", str(out), *sets]) == 0
     printed = capsys.readouterr().out
     assert "AUC 0." in printed and "Keras estimate 0." in printed and "BDT baseline 0." in printed
     m = json.loads((run / "report" / "metrics.json").read_text())
@@ -298,13 +315,20 @@ def test_e2e_train_evaluate_publish_via_cli(small_dataset: str, tmp_path: Path, 
     for name in ("roc.png", "scores.png", "history.png"):
         with Image.open(run / "report" / name) as img:
             assert img.format == "PNG"
-    assert "| 2 |" in (run / "report" / "report.md").read_text()  # both epochs in the history
+    md = (run / "report" / "report.md").read_text()
+    assert "| 2 |" in md  # both epochs in the history
+    assert f"| dataset trained on | `{prov['dataset']['fingerprint']}`" in md and "the same dataset" in md
     assert (run / "model" / "saved_model" / "saved_model.pb").is_file()
 
-    assert cli.main(["publish", "--run", str(run), "--to", str(runs)]) == 0
-    assert "moved latest.json" in capsys.readouterr().out
-    assert publish.read_latest(str(runs))["run_id"] == "e2e-run"
-    assert json.loads((run / "MANIFEST").read_text())["run_id"] == "e2e-run"
+    assert cli.main(["publish", "--run", str(run), "--to", str(out)]) == 0
+    assert "latest.json moved from nothing to e2e-run" in capsys.readouterr().out
+    assert publish.read_latest(str(out))["run_id"] == "e2e-run"
+    manifest = publish.read_manifest(str(out), "e2e-run")
+    assert manifest["provenance"] == prov
+    assert manifest["dataset_fingerprint"] == prov["dataset"]["fingerprint"]
+    assert not (run / "MANIFEST").exists()
+    assert cli.main(["models", "--to", str(out)]) == 0
+    assert "← latest" in capsys.readouterr().out
 
 
 def test_failed_reevaluation_leaves_no_stale_blessing(trained, tmp_path: Path) -> None:

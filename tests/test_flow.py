@@ -24,6 +24,7 @@ from flows import higgs as flowmod
 from flows.local_run import api
 from pipeline.core.config import ConfigError
 from pipeline.core.errors import PipelineError
+from pipeline.publish import store
 
 SMALL = ["data.synth_rows=20000", "train.epochs=2", "model.units=32", "model.blocks=2",
          "evaluate.baseline_rows=5000", "evaluate.baseline_trees=20", "train.shuffle_buffer=5000"]
@@ -171,20 +172,28 @@ def test_flow_missing_source_fails_with_one_line_and_publishes_nothing(harness, 
 
 @pytest.mark.slow
 def test_flow_sample_run_publishes_and_creates_artifacts(harness, tmp_path, caplog):
-    """The whole flow on a small generated sample; a second run reuses the conversion and
-    resumes a training of the same run id that was killed after its first epoch."""
+    """The whole flow on a small generated sample, twice with a known blessing outcome: run
+    "first" (floor within reach) is blessed and moves latest.json; run "second" (floor 0.999,
+    out of reach) reuses the conversion, resumes a training of the same run id that was
+    killed after its first epoch, is published, and leaves latest.json byte-identical."""
     params = dict(preset="sample", source="", data_dir=str(tmp_path / "data"),
-                  runs_root=str(tmp_path / "runs"), publish_to=str(tmp_path / "runs"), overrides=SMALL)
-    state = flowmod.higgs(**params, run_id="first", return_state=True)
+                  runs_root=str(tmp_path / "runs"), publish_to=str(tmp_path / "published"))
+    state = flowmod.higgs(**params, overrides=[*SMALL, "evaluate.auc_floor=0.5"], run_id="first",
+                          return_state=True)
     assert state.is_completed(), state.message
     summary = state.result()
-    run = tmp_path / "runs" / "first"
-    assert summary["run_id"] == "first" and summary["published"] == str(run)
-    assert summary["report"] == str(run / "report" / "report.md")
-    assert (run / "report" / "report.md").is_file() and (run / "model" / "model.keras").is_file()
+    run, published = tmp_path / "runs" / "first", tmp_path / "published" / "first"
+    assert summary["run_id"] == "first" and summary["published"] == str(published)
+    assert summary["report"] == str(published / "report" / "report.md")
+    assert (published / "report" / "report.md").is_file() and (published / "model" / "model.keras").is_file()
+    assert (run / "model" / "model.keras").is_file() and not (run / "MANIFEST").exists()
     metrics = json.loads((run / "report" / "metrics.json").read_text())
     assert summary["auc"] == metrics["auc"] and 0.5 < metrics["auc"] <= 1.0
-    assert (tmp_path / "runs" / "latest.json").is_file() == bool(metrics["blessed"])
+    assert metrics["blessed"] is True and summary["latest_moved"] is True
+    latest = tmp_path / "published" / "latest.json"
+    assert json.loads(latest.read_text())["run_id"] == "first"
+    (move,) = store.read_history(str(tmp_path / "published"))
+    assert move["to"] == "first" and move["via"].startswith("prefect flow run ")
     assert summary["conversion_reused"] is False
 
     flow_run_id = _flow_run_id(state)
@@ -196,7 +205,8 @@ def test_flow_sample_run_publishes_and_creates_artifacts(harness, tmp_path, capl
     table = json.loads(arts[flowmod.ARTIFACT_SPLITS]["data"])
     assert [r["split"] for r in table] == ["training", "validation", "test"]
     assert sum(r["rows"] for r in table) == 20000
-    assert arts[flowmod.ARTIFACT_MODEL]["data"] == f"[{run / 'model'}]({(run / 'model').as_uri()})"
+    assert arts[flowmod.ARTIFACT_MODEL]["data"] == \
+        f"[{published / 'model'}]({(published / 'model').as_uri()})"
     names: set[str] = set()
     deadline = time.monotonic() + 30  # run logs reach the API in batches
     wanted = {"pipeline.training.train", "pipeline.evaluation.evaluate"}
@@ -212,9 +222,16 @@ def test_flow_sample_run_publishes_and_creates_artifacts(harness, tmp_path, capl
     _killed_after_first_epoch(["--data", summary_data(tmp_path), "--out", str(second), "--preset", "sample",
                                "--epochs", "4", *[a for o in SMALL for a in ("--set", o)]], second)
     caplog.set_level("INFO", logger="pipeline.training.train")
-    again = flowmod.higgs(**params, epochs=4, run_id="second", return_state=True)
+    before = latest.read_bytes()
+    again = flowmod.higgs(**params, overrides=[*SMALL, "evaluate.auc_floor=0.999"], epochs=4,
+                          run_id="second", return_state=True)
     assert again.is_completed(), again.message
-    assert again.result()["conversion_reused"] is True
+    result = again.result()
+    assert result["conversion_reused"] is True
+    assert result["blessed"] is False and result["latest_moved"] is False
+    assert result["published"] == str(tmp_path / "published" / "second")
+    assert latest.read_bytes() == before
+    assert [h["to"] for h in store.read_history(str(tmp_path / "published"))] == ["first"]
     assert "resumed from the backup at epoch" in caplog.text
     assert "epoch 1/4" not in caplog.text  # the killed attempt's epoch was not trained again
     assert json.loads((second / "history.json").read_text())["epoch"] == [0, 1, 2, 3]
@@ -251,10 +268,10 @@ def test_train_retries_a_crashed_worker_but_not_a_bad_config():
 def test_make_run_reads_report_and_model_from_the_link_artifact():
     from flows.local_run import RunOutcome
 
-    model = "runs/20261121-083000-sample/model"
+    model = "published/20261121-083000-sample/model"
     link = {"key": "higgs-model", "type": "markdown",
             "data": f"[{model}](file:///repo/{model})"}
     outcome = RunOutcome("id", "Completed", "", 1.0, artifacts={"higgs-model": link})
     assert outcome.model == model
-    assert outcome.report == "runs/20261121-083000-sample/report/report.md"
+    assert outcome.report == "published/20261121-083000-sample/report/report.md"
     assert RunOutcome("id", "Failed", "x", 1.0).report is None

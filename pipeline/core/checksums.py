@@ -10,12 +10,19 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.storage import StorageError, gcs_client, is_gcs, split_gcs
+from pipeline.core.storage import (
+    ExistsError,
+    StorageError,
+    commit_temp,
+    gcs_client,
+    is_gcs,
+    split_gcs,
+    temp_path,
+)
 
 # --- checksums and verified uploads (used by pipeline.publish.store and pipeline.data.source) ------
 
@@ -28,12 +35,21 @@ class ChecksumMismatchError(StorageError):
 
 @dataclasses.dataclass(frozen=True)
 class Checksums:
-    """Size and digests of one file: hex sha256, and md5 / crc32c in GCS's base64 form."""
+    """Size and digests of one file: hex sha256, and md5 / crc32c in GCS's base64 form.
+
+    ``sha256`` is empty where the store does not know it (gs:// object metadata).
+    """
 
     size: int
     sha256: str
     md5: str
     crc32c: str
+
+    def same_bytes(self, other: Checksums) -> bool:
+        """True when both describe the same content (sha256 compared where both have it)."""
+        if self.sha256 and other.sha256 and self.sha256 != other.sha256:
+            return False
+        return (self.size, self.md5, self.crc32c) == (other.size, other.md5, other.crc32c)
 
 
 def _digest_file(path: str | Path, *digests: Any) -> int:
@@ -96,47 +112,80 @@ def transient_retry(timeout: float = 120.0, initial: float = 1.0):
                  initial=initial, maximum=30.0, multiplier=2.0, timeout=timeout)
 
 
-def upload_file(local: str | Path, uri: str, retry_timeout: float = 120.0) -> Checksums:
-    """Copy a local file to a local path or gs:// object and verify the copy.
+def stored_checksums(uri: str) -> Checksums | None:
+    """The checksums of what is stored at ``uri`` now, or None when nothing is there.
 
-    Local destinations are written via a temporary name and renamed, then re-read and
-    compared (size + sha256). gs:// uploads ask the server to check a crc32c and then
-    compare the ``md5Hash`` and ``crc32c`` the store reports with the local file's.
-    Transient failures are retried with exponential backoff (:func:`transient_retry`).
+    Local files are read; gs:// objects report size, md5 and crc32c from their metadata
+    (``sha256`` is then empty).
+    """
+    if is_gcs(uri):
+        bucket, name = split_gcs(uri)
+        blob = gcs_client().bucket(bucket).get_blob(name)
+        return None if blob is None else Checksums(blob.size, "", blob.md5_hash, blob.crc32c)
+    return file_checksums(uri) if Path(uri).is_file() else None
+
+
+def upload_file(local: str | Path, uri: str, retry_timeout: float = 120.0, create_only: bool = False,
+                expect: Checksums | None = None) -> Checksums:
+    """Copy a local file to a local path or gs:// object, verified before it takes the name.
+
+    Local destinations are copied to a temporary name, re-read and compared (size + sha256),
+    and only then renamed (or, ``create_only``, linked) into place. gs:// uploads send the
+    expected md5 and crc32c with the object, so the store itself refuses bytes that differ,
+    and the ``md5Hash`` / ``crc32c`` it reports afterwards are compared again. Transient
+    failures are retried with exponential backoff (:func:`transient_retry`).
 
     Args:
         local: the source file.
         uri: the destination (file path or ``gs://bucket/object``).
         retry_timeout: total seconds to keep retrying transient errors.
+        create_only: never replace: raise :class:`~pipeline.core.storage.ExistsError` when
+            ``uri`` already exists.
+        expect: checksums the content must have (e.g. recorded earlier in a manifest); by
+            default those of ``local`` as it is read now.
 
     Returns:
         The verified :class:`Checksums` of the file.
 
     Raises:
         FileNotFoundError: the source file is missing.
-        ChecksumMismatchError: the copy still differs after retries.
+        ExistsError: ``create_only`` and something is already at ``uri``.
+        ChecksumMismatchError: the copy still differs after retries, or the source no
+            longer has the ``expect``-ed content.
         google.api_core.exceptions.GoogleAPICallError: a non-transient store error
             (e.g. 403, 404 bucket).
     """
     expected = file_checksums(local)
+    if expect is not None and not expected.same_bytes(expect):
+        raise ChecksumMismatchError(f"{local} changed: it no longer has the checksums recorded for {uri}")
 
     def attempt() -> Checksums:
         if is_gcs(uri):
+            from google.api_core import exceptions
+
             bucket, name = split_gcs(uri)
             blob = gcs_client().bucket(bucket).blob(name)
+            blob.md5_hash, blob.crc32c = expected.md5, expected.crc32c  # the store checks them
             # retry=None here: the outer Retry covers upload and verification together.
-            blob.upload_from_filename(str(local), checksum="crc32c", retry=None)
+            try:
+                blob.upload_from_filename(str(local), checksum="crc32c", retry=None,
+                                          **({"if_generation_match": 0} if create_only else {}))
+            except exceptions.PreconditionFailed:
+                raise ExistsError(f"{uri} already exists") from None
             blob.reload(retry=None)
             got = (blob.size, blob.md5_hash, blob.crc32c)
             want = (expected.size, expected.md5, expected.crc32c)
         else:
             dest = Path(uri)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+            tmp = temp_path(dest)
             shutil.copyfile(local, tmp)
-            os.replace(tmp, dest)
-            copy = file_checksums(dest)
+            copy = file_checksums(tmp)
             got, want = (copy.size, copy.sha256), (expected.size, expected.sha256)
+            if got == want:
+                commit_temp(tmp, dest, create_only)
+            else:
+                tmp.unlink(missing_ok=True)
         if got != want:
             raise ChecksumMismatchError(f"{uri}: store reports {got}, local file {local} has {want}")
         return expected

@@ -159,8 +159,8 @@ class RuntimeConfig:
 
     runner: str = "DirectRunner"
     direct_num_workers: int = 1
-    runs_root: str = "runs"
-    publish_to: str = "runs"
+    runs_root: str = "runs"  # working run directories (training and evaluation write here)
+    publish_to: str = "published"  # the published store: immutable models, latest.json, history
     backend: Backend = "local"
     log_level: LogLevel = "INFO"
     # Google Cloud (pipeline/cloud/vertex.py, pipeline/cloud/dataflow.py, docs/cloud.md). Defaults

@@ -5,6 +5,7 @@
 Layout (local or gs://; every other module asks this one for a path)::
 
     RUN/config.yaml                  the resolved config
+    RUN/provenance.json              code/package versions, dataset fingerprint, config hash, host
     RUN/history.json                 {"epoch": [...], "loss": [...], "val_auc": [...], "lr": [...]}
     RUN/model/model.keras            the trained model (best validation AUC)
     RUN/model/saved_model/           serving signature float32 [None, 28] -> probability [None, 1]
@@ -30,6 +31,7 @@ from pipeline.core import storage
 from pipeline.core.errors import PipelineError
 
 CONFIG = "config.yaml"
+PROVENANCE = "provenance.json"
 HISTORY = "history.json"
 MODEL_DIR = "model"
 MODEL_FILE = "model.keras"
@@ -56,6 +58,11 @@ class RunDirError(PipelineError):
 def config_path(run: str | Path) -> str:
     """``RUN/config.yaml``."""
     return storage.join(str(run), CONFIG)
+
+
+def provenance_path(run: str | Path) -> str:
+    """``RUN/provenance.json``."""
+    return storage.join(str(run), PROVENANCE)
 
 
 def history_path(run: str | Path) -> str:
@@ -139,6 +146,22 @@ def report_path(run: str | Path) -> str:
 def job_config_path(run: str | Path) -> str:
     """``RUN/job/config.yaml`` (written before a Vertex AI job is submitted; its replicas read it)."""
     return storage.join(str(run), JOB_DIR, CONFIG)
+# --- provenance.json --------------------------------------------------------------------------
+
+
+def write_provenance(run: str | Path, provenance: dict[str, Any]) -> None:
+    """Write ``RUN/provenance.json`` (see :mod:`pipeline.core.provenance`)."""
+    storage.write_text(provenance_path(run), json.dumps(provenance, indent=1) + "\n")
+
+
+def read_provenance(run: str | Path) -> dict[str, Any] | None:
+    """Return ``RUN/provenance.json``, or None for a run trained before provenance was kept."""
+    try:
+        return json.loads(storage.read_text(provenance_path(run)))
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as exc:
+        raise RunDirError(f"{provenance_path(run)} is not valid JSON ({exc.msg}); retrain the run") from None
 
 
 # --- history.json -----------------------------------------------------------------------------

@@ -11,6 +11,12 @@ Beam DoFns carry a :class:`Files` of their own (it pickles without a client).
 
 ``exists`` means *a file or object is there*; a directory (or a gs:// prefix with objects
 under it) is not a file: list it with :func:`list_files` / :func:`list_paths`.
+
+Local files are written under a temporary name (``.NAME.tmp-PID``) and renamed, so a reader
+or a kill never leaves half a file under the real name; the next write of the same file
+removes temporaries whose process is gone. ``create_only=True`` writes fail with
+:class:`ExistsError` when the file is there (``os.link`` locally, ``ifGenerationMatch=0`` on
+gs://); read-decide-write without a race is :func:`pipeline.core.cas.update`.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import dataclasses
 import fnmatch
 import functools
 import glob as globlib
+import logging
 import os
 import shutil
 import tempfile
@@ -30,11 +37,16 @@ from typing import Any, BinaryIO
 
 from pipeline.core.errors import PipelineError
 
+log = logging.getLogger(__name__)
 STREAM_CHUNK_BYTES = 16 << 20  # per request when streaming gs:// objects (Beam's GcsIO default)
 
 
 class StorageError(PipelineError):
     """A storage operation failed; the message is one line naming the location."""
+
+
+class ExistsError(StorageError):
+    """A create-only write found the file (or gs:// object) already there; nothing was written."""
 
 
 def is_gcs(uri: str) -> bool:
@@ -233,16 +245,29 @@ class Files:
         except FileNotFoundError:
             raise FileNotFoundError(f"no such file: {uri}") from None
 
-    def write_bytes(self, uri: str, data: bytes) -> None:
-        """Write ``data`` to a file (atomically, via a temporary name) or a gs:// object."""
+    def write_bytes(self, uri: str, data: bytes, create_only: bool = False) -> None:
+        """Write ``data`` to a file (atomically, via a temporary name) or a gs:// object.
+
+        Args:
+            uri: local path or ``gs://bucket/object``.
+            data: the bytes.
+            create_only: fail with :class:`ExistsError` instead of replacing what is there
+                (``os.link`` locally, ``ifGenerationMatch=0`` on gs://).
+        """
         if is_gcs(uri):
-            self._blob(uri).upload_from_string(data)
+            from google.api_core import exceptions
+
+            try:
+                precondition = {"if_generation_match": 0} if create_only else {}
+                self._blob(uri).upload_from_string(data, **precondition)
+            except exceptions.PreconditionFailed:
+                raise ExistsError(f"{uri} already exists") from None
             return
         path = Path(uri)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp = temp_path(path)
         tmp.write_bytes(data)
-        os.replace(tmp, path)
+        commit_temp(tmp, path, create_only)
 
     def open_read(self, uri: str, chunk_size: int = STREAM_CHUNK_BYTES) -> BinaryIO:
         """Open a file or gs:// object for streaming, seekable reads.
@@ -436,6 +461,76 @@ def read_text(uri: str) -> str:
     return read_bytes(uri).decode("utf-8")
 
 
-def write_text(uri: str, text: str) -> None:
+def write_text(uri: str, text: str, create_only: bool = False) -> None:
     """Write UTF-8 text with :func:`write_bytes`."""
-    write_bytes(uri, text.encode("utf-8"))
+    write_bytes(uri, text.encode("utf-8"), create_only=create_only)
+
+
+# --- temporary names: a reader or a kill never sees half a file under the real name ----------
+
+
+def temp_path(path: Path) -> Path:
+    """The temporary name this process writes ``path`` under before renaming it into place."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def is_temp_name(name: str) -> bool:
+    """True for a name :func:`temp_path` makes (``.NAME.tmp-PID``), e.g. left by a killed writer."""
+    base = name.rsplit("/", 1)[-1]
+    head, sep, pid = base.rpartition(".tmp-")
+    return base.startswith(".") and bool(sep) and bool(head) and pid.split("-", 1)[0].isdigit()
+
+
+def commit_temp(tmp: Path, path: Path, create_only: bool = False) -> None:
+    """Move a finished temporary file to its name; then sweep temporaries of dead processes.
+
+    Raises:
+        ExistsError: ``create_only`` and ``path`` exists (the temporary file is removed).
+    """
+    if create_only:
+        try:
+            os.link(tmp, path)  # fails if path exists: creation is atomic and exclusive
+        except FileExistsError:
+            raise ExistsError(f"{path} already exists") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+    else:
+        os.replace(tmp, path)
+    remove_stale_temps(path)
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Delete ``.NAME.tmp-PID`` files next to ``path`` whose process no longer runs.
+
+    A writer killed mid-copy (``kill -9``, a lost machine) leaves its temporary file; the next
+    writer of the same name removes it. Temporaries of live processes are left alone.
+
+    Returns:
+        The files removed.
+    """
+    removed: list[Path] = []
+    prefix = f".{path.name}.tmp-"
+    try:
+        siblings = list(path.parent.iterdir())
+    except FileNotFoundError:
+        return removed
+    for sibling in siblings:
+        if not sibling.name.startswith(prefix):
+            continue
+        pid = sibling.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            sibling.unlink(missing_ok=True)
+            removed.append(sibling)
+    if removed:
+        log.info("removed %d temporary file(s) left by a killed writer of %s", len(removed), path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

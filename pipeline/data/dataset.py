@@ -11,6 +11,7 @@ dataset with a baseline (``higgs validate``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +69,23 @@ def load_manifest(data: str, check_features: bool = True) -> dict[str, Any]:
     if check_features and tuple(manifest["features"]) != schema.FEATURES:
         raise DatasetError(f"{uri} lists other features than this version's schema; rebuild it")
     return manifest
+
+
+def fingerprint(data: str | Dataset) -> str:
+    """The dataset's identity: sha256 (hex) of its ``manifest.json`` bytes.
+
+    The manifest lists every shard with its record count and the source's checksum, so two
+    datasets with the same fingerprint hold the same records. Runs record it at train time
+    and reports at evaluate time (``provenance.json``, ``metrics.json``).
+
+    Raises:
+        DatasetError: ``data`` has no manifest.
+    """
+    data = data.uri if isinstance(data, Dataset) else data
+    try:
+        return hashlib.sha256(storage.read_bytes(manifest_uri(data))).hexdigest()
+    except FileNotFoundError:
+        raise DatasetError(f"{data} is not a dataset (no {schema.MANIFEST_NAME})") from None
 
 
 def shard_paths(data: str, split: str, manifest: dict[str, Any] | None = None) -> list[str]:

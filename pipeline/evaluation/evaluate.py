@@ -17,8 +17,10 @@ predictions on the same rows. Then, in ``RUN/report/``:
 * ``blessing.json`` — the decision against ``evaluate.auc_floor``, the currently
   published model (``OUT/latest.json``) and the data validation, with its reasons; written
   last (``higgs publish`` needs it), and removed first, so a failed re-evaluation leaves no
-  stale decision,
-* ``report.md``, ``roc.png``, ``scores.png``, ``history.png``;
+  stale decision. It and ``metrics.json`` record what was evaluated — ``model_sha256`` (of
+  ``model.keras``) and ``dataset_fingerprint`` (sha256 of the dataset's ``manifest.json``) —
+  so ``higgs publish`` refuses a report that belongs to another model file or dataset,
+* ``report.md`` (with the run's provenance), ``roc.png``, ``scores.png``, ``history.png``;
 
 and ``RUN/model/saved_model/`` is exported if missing, with a reload check on test rows.
 :func:`evaluate_run` does the same and also returns the test labels and both classifiers'
@@ -39,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.core import rundir, schema
+from pipeline.core import checksums, rundir, schema
 from pipeline.core.config import Config, EvaluateConfig, read_config, to_yaml
 from pipeline.core.errors import PipelineError
 from pipeline.data import dataset, verify
@@ -321,6 +323,9 @@ def evaluate_run(cfg: Config, data: str | dataset.Dataset, run_dir: str,
     # A missing, short or corrupt shard ends here in one line, before anything is written.
     verify.verify_dataset(data, splits=("training", "test") if ecfg.baseline else ("test",))
     test_rows = data.rows("test")
+    # What this report is about: publish compares these with the files it publishes.
+    evaluated = {"model_sha256": checksums.file_sha256(model_path),
+                 "dataset_fingerprint": dataset.fingerprint(data)}
     out_dir = Path(rundir.report_dir(run))
     out_dir.mkdir(parents=True, exist_ok=True)
     # blessing.json is written last and publish requires it: remove an old one first, so a
@@ -379,13 +384,14 @@ def evaluate_run(cfg: Config, data: str | dataset.Dataset, run_dir: str,
         result["baseline"] = None
 
     result["export"] = export.export_run(run, features=check_rows, model=model)
-    blessing = bless(result["auc"], published_metrics, ecfg, published_at=published_at,
-                     validation=validation)
+    blessing = {**bless(result["auc"], published_metrics, ecfg, published_at=published_at,
+                        validation=validation), **evaluated}
     result["blessed"] = blessing["blessed"]
     result["data_validation"] = blessing["data_validation"]
     result["published_auc"] = blessing["published_auc"]
     result["run_id"] = run.resolve().name
     result["data"] = data.uri
+    result.update(evaluated)
 
     result = _json_ready(result)
     Path(rundir.metrics_path(run)).write_text(json.dumps(result, indent=1) + "\n")
@@ -401,7 +407,7 @@ def evaluate_run(cfg: Config, data: str | dataset.Dataset, run_dir: str,
     config_yaml = config_path.read_text() if config_path.is_file() else to_yaml(cfg)
     report.write_markdown(Path(rundir.report_path(run)), run_dir=str(run), data=data.uri, manifest=manifest,
                           config_yaml=config_yaml, history=history, metrics_dict=result,
-                          blessing=blessing)
+                          blessing=blessing, provenance=rundir.read_provenance(run))
     Path(rundir.blessing_path(run)).write_text(json.dumps(blessing, indent=1) + "\n")
     log.info("wrote %s (AUC %.4f on %s features, blessed %s)", out_dir, result["auc"], features,
              result["blessed"])

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core import provenance as provenance_lib
 from pipeline.evaluation import metrics
 
 ROC_PNG, SCORES_PNG, HISTORY_PNG = "roc.png", "scores.png", "history.png"
@@ -234,6 +235,32 @@ def feature_set_line(m: Mapping[str, Any]) -> str:
     return (f"Features: **{title}** (`model.features={name}`, {len(names)} of 28 columns: "
             f"{', '.join(f'`{n}`' for n in names)}); the model selects them inside its graph "
             "and still serves [None, 28] rows, and the BDT baseline reads the same columns.")
+def _provenance_section(provenance: Mapping[str, Any] | None, m: Mapping[str, Any]) -> list[str]:
+    lines = ["## Provenance", ""]
+    if not provenance:
+        return [*lines, "This run has no `provenance.json` (trained before provenance was recorded); "
+                        "`higgs publish` refuses it — retrain it.", ""]
+    p = provenance
+    package = (p.get("code") or {}).get("package_version") or "—"
+    packages = ", ".join(f"{k} {v or '—'}" for k, v in (p.get("packages") or {}).items())
+    trained = p.get("dataset") or {}
+    evaluated_on = m.get("dataset_fingerprint")
+    same = ("the same dataset" if trained.get("fingerprint") == evaluated_on
+            else "**a different dataset** (publish refuses it)")
+    lines += [
+        "| | |", "|---|---|",
+        f"| code | `{provenance_lib.code_label(p)}` (package {package}) |",
+        f"| packages | {packages} |",
+        f"| dataset trained on | `{trained.get('fingerprint') or '—'}` ({trained.get('uri', '—')}) |",
+        f"| dataset evaluated on | `{evaluated_on or '—'}` ({same}) |",
+        f"| model.keras sha256 | `{m.get('model_sha256') or '—'}` |",
+        f"| config sha256 | `{p.get('config_sha256', '—')}` (preset {p.get('preset', '—')}) |",
+        f"| strategy | {p.get('strategy', '—')}, {p.get('replicas', '—')} replica(s), "
+        f"{p.get('workers', '—')} worker(s) |",
+        f"| trained | {p.get('created_at', '—')} by {p.get('user', '—')} on {p.get('host', '—')} |",
+        "",
+    ]
+    return lines
 
 
 def _data_section(data: str, manifest: Mapping[str, Any]) -> list[str]:
@@ -333,8 +360,9 @@ def write_markdown(
     history: Mapping[str, Sequence[float]],
     metrics_dict: Mapping[str, Any],
     blessing: Mapping[str, Any],
+    provenance: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``report.md``: data, configuration, history, metrics, baseline, blessing.
+    """Write ``report.md``: data, configuration, history, metrics, baseline, blessing, provenance.
 
     Args:
         path: the markdown file to write.
@@ -345,6 +373,7 @@ def write_markdown(
         history: the training history (lists per key).
         metrics_dict: the ``metrics.json`` content.
         blessing: the ``blessing.json`` content.
+        provenance: the run's ``provenance.json`` (None for a run trained without one).
 
     Returns:
         The markdown path.
@@ -394,5 +423,6 @@ def write_markdown(
                   "`features` float32 [None, 28] → `probability` float32 [None, 1]); reload check "
                   f"on {export['reload_rows']:,} test rows: max |difference| "
                   f"{export['reload_max_abs_diff']:.2e}.", ""]
+    lines += _provenance_section(provenance, m)
     Path(path).write_text("\n".join(lines))
     return Path(path)

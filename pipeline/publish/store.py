@@ -1,46 +1,62 @@
-"""Publish an evaluated run to a local directory or gs:// and move ``latest.json`` to it.
+"""Publish a run into the published store: immutable, verified, then maybe move ``latest.json``.
 
-    higgs publish --run runs/try --to runs
+    higgs publish --run runs/try --to published
     higgs publish --run runs/try --to gs://my-bucket/higgs
+    higgs models --to published
+    higgs rollback --to published --run 20261121-083000-sample
 
-Layout (contract): ``OUT/<run_id>/{model/…, report/…, config.yaml, MANIFEST}`` and
-``OUT/latest.json``. ``run_id`` is the run directory's name. Every file is copied and then
-verified — locally by re-reading size and sha256, on gs:// by comparing the ``md5Hash``
-and ``crc32c`` the store reports with the local file — and transient errors (429, 5xx,
-dropped connections) are retried with exponential backoff. ``latest.json`` is written
-last and only when the run's ``report/blessing.json`` says it is blessed *and* every file
-was verified; any failure before that leaves the old pointer as it was and raises
-:class:`PublishError` naming the file. Publishing a run into the directory that already
-holds it (the local default: runs live in ``runs/<run_id>``, ``publish_to`` is ``runs``)
-verifies the files in place and copies nothing.
+The store's layout and rules are in :mod:`pipeline.publish.layout`; moves of ``latest.json``
+(compare-and-swap, history, rollback) in :mod:`pipeline.publish.latest`. This module copies a
+run in: ``OUT/<run_id>/MANIFEST`` is claimed create-only before any file is copied, each file is
+created once and verified, a different model under an existing id is refused, and a killed
+publish is completed by the next one. Callers use this module; it re-exports the readers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core import checksums, rundir, storage
-from pipeline.core.errors import PipelineError
+from pipeline.core import checksums, provenance, rundir, storage
+from pipeline.publish.latest import publish_latest, rollback
+from pipeline.publish.layout import (
+    HISTORY_DIR,
+    LATEST_NAME,
+    MANIFEST_NAME,
+    PUBLISHED_DIRS,
+    PUBLISHED_FILES,
+    STORE_MARKER,
+    PublishedLocationError,
+    PublishedModel,
+    PublishError,
+    _failures,
+    _invocation,
+    _one_line,
+    format_models,
+    list_models,
+    published_dataset,
+    published_metrics,
+    read_history,
+    read_latest,
+    read_manifest,
+    refuse_published,
+    run_files,
+)
+
+__all__ = [
+    "HISTORY_DIR", "LATEST_NAME", "MANIFEST_NAME", "PUBLISHED_DIRS", "PUBLISHED_FILES", "STORE_MARKER",
+    "PublishError", "PublishResult", "PublishedLocationError", "PublishedModel", "format_models",
+    "list_models", "publish", "published_dataset", "published_metrics", "read_history", "read_latest",
+    "read_manifest", "refuse_published", "rollback", "run_files",
+]
 
 log = logging.getLogger(__name__)
-
-# What a published run holds (contract), relative to the run directory.
-PUBLISHED_DIRS: tuple[str, ...] = (rundir.MODEL_DIR, rundir.REPORT_DIR)
-PUBLISHED_FILES: tuple[str, ...] = (rundir.CONFIG,)
-LATEST_NAME = "latest.json"
-MANIFEST_NAME = "MANIFEST"
-
-
-class PublishError(PipelineError):
-    """Publishing stopped; ``latest.json`` was left as it was. The message names the file."""
 
 
 @dataclass(frozen=True)
@@ -51,105 +67,17 @@ class PublishResult:
         uri: where the run now lives (``OUT/<run_id>``).
         run_id: the run's name.
         files: number of files published and verified (the MANIFEST not counted).
-        latest_moved: True if ``OUT/latest.json`` now points at this run.
+        latest_moved: True if this publish moved ``OUT/latest.json`` to this run.
+        latest_reason: one line saying why latest.json moved or did not.
+        copied: files copied by this call (0 when republishing a complete, identical run).
     """
 
     uri: str
     run_id: str
     files: int
     latest_moved: bool
-
-
-def run_files(run_dir: str | Path) -> list[str]:
-    """The files of a run that get published, relative to it, in upload order.
-
-    Args:
-        run_dir: a local run directory.
-
-    Returns:
-        ``config.yaml`` then every file under ``model/`` and ``report/``, sorted.
-    """
-    run = Path(run_dir)
-    files = [name for name in PUBLISHED_FILES if (run / name).is_file()]
-    for sub in PUBLISHED_DIRS:
-        if (run / sub).is_dir():
-            files += [f"{sub}/{rel}" for rel in storage.list_files(str(run / sub))]
-    return files
-
-
-def read_latest(out: str) -> dict[str, Any] | None:
-    """Return ``OUT/latest.json`` as a dict, or None when nothing is published there yet.
-
-    Raises:
-        PublishError: the pointer exists but is not valid JSON.
-    """
-    uri = storage.join(out, LATEST_NAME)
-    try:
-        text = storage.read_text(uri)
-    except FileNotFoundError:
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise PublishError(f"{uri} is not valid JSON ({exc.msg}); fix or delete it") from None
-
-
-def published_metrics(out: str) -> dict[str, Any] | None:
-    """The ``report/metrics.json`` of the run ``OUT/latest.json`` points at, or None.
-
-    Args:
-        out: where published models live (local directory or gs:// prefix).
-
-    Returns:
-        The metrics dict with ``run_id`` added, or None when nothing is published.
-
-    Raises:
-        PublishError: ``latest.json`` points at a run whose metrics are missing.
-    """
-    latest = read_latest(out)
-    if latest is None:
-        return None
-    uri = rundir.metrics_path(storage.join(out, latest["run_id"]))
-    try:
-        published = json.loads(storage.read_text(uri))
-    except FileNotFoundError:
-        raise PublishError(f"{storage.join(out, LATEST_NAME)} points at run {latest['run_id']!r} "
-                           f"but {uri} is missing; republish that run or delete latest.json") from None
-    return {**published, "run_id": latest["run_id"]}
-
-
-def published_dataset(out: str) -> tuple[str, str] | None:
-    """The dataset the model published at ``out`` was trained on: ``(data, run_id)``, or None.
-
-    The one place that knows how a published run names its training data, so validation
-    (``higgs validate --against OUT``, the flow's validate task) can compare new data with
-    it. Today that is the ``data`` location the run's evaluation recorded in
-    ``report/metrics.json`` (as given then: a relative path is relative to the working
-    directory); when runs carry provenance (the dataset manifest's fingerprint), read the
-    location from there instead and check the fingerprint.
-
-    Args:
-        out: where published models live (local directory or gs:// prefix).
-
-    Returns:
-        ``(dataset location, run id)``, or None when nothing is published at ``out``.
-
-    Raises:
-        PublishError: the published run does not record its dataset.
-    """
-    metrics = published_metrics(out)
-    if metrics is None:
-        return None
-    data = metrics.get("data")
-    if not data:
-        raise PublishError(f"published run {metrics['run_id']} at {out} does not record the dataset "
-                           f"it was trained on ({rundir.METRICS_FILE} has no 'data'); pass the "
-                           "baseline explicitly with --baseline DATA")
-    return str(data), str(metrics["run_id"])
-
-
-def _same_place(run: Path, dest: str) -> bool:
-    return not storage.is_gcs(dest) and Path(dest).resolve() == run.resolve()
+    latest_reason: str = ""
+    copied: int = 0
 
 
 def _read_json(path: Path, what: str, run_dir: str) -> dict[str, Any]:
@@ -162,111 +90,197 @@ def _read_json(path: Path, what: str, run_dir: str) -> dict[str, Any]:
         raise PublishError(f"{path} is not valid JSON ({exc.msg}); re-run 'higgs evaluate'") from None
 
 
+def _checksums(entry: dict[str, Any]) -> checksums.Checksums:
+    return checksums.Checksums(entry["size"], entry["sha256"], entry["md5"], entry["crc32c"])
+
+
+def _first_difference(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> str | None:
+    """The first path whose content differs between two MANIFEST file lists (None: identical)."""
+    mine = {e["path"]: (e["size"], e["sha256"]) for e in ours}
+    other = {e["path"]: (e["size"], e["sha256"]) for e in theirs}
+    for path in sorted(mine.keys() | other.keys()):
+        if mine.get(path) != other.get(path):
+            return path
+    return None
+
+
+def _check_report_matches(run_dir: str, blessing: dict[str, Any], prov: dict[str, Any] | None,
+                          model_sha256: str) -> None:
+    """Refuse a report computed for another model file or dataset than the run's own."""
+    if prov is None:
+        raise PublishError(f"{rundir.provenance_path(run_dir)} is missing: the run was trained before "
+                           "provenance was recorded; retrain it with 'higgs train' to publish it")
+    if not blessing.get("model_sha256") or not blessing.get("dataset_fingerprint"):
+        raise PublishError(f"{rundir.blessing_path(run_dir)} does not say which model and dataset it "
+                           f"judged; re-run 'higgs evaluate --data DATA --run {run_dir}'")
+    if blessing["model_sha256"] != model_sha256:
+        raise PublishError(
+            f"{rundir.model_path(run_dir)} is not the model its report judged (sha256 "
+            f"{model_sha256[:12]}… vs {blessing['model_sha256'][:12]}… in blessing.json; trained again "
+            f"since?); re-run 'higgs evaluate --data DATA --run {run_dir}'")
+    trained_on = (prov.get("dataset") or {}).get("fingerprint")
+    if blessing["dataset_fingerprint"] != trained_on:
+        data = (prov.get("dataset") or {}).get("uri", "DATA")
+        raise PublishError(
+            f"the report of {run_dir} was computed on another dataset (manifest fingerprint "
+            f"{blessing['dataset_fingerprint'][:12]}…) than the model was trained on "
+            f"({str(trained_on)[:12]}…, {data}); re-run 'higgs evaluate --data {data} --run {run_dir}'")
+
+
+def _inside(run: Path, out: str) -> bool:
+    if storage.is_gcs(out):
+        return False
+    root, run = Path(out).resolve(), run.resolve()
+    return run == root or root in run.parents
+
+
 def publish(
     run_dir: str,
     to: str,
     retry_timeout: float = 120.0,
     progress: Callable[[str], None] | None = None,
+    via: str | None = None,
 ) -> PublishResult:
-    """Publish a run's model, report and config to ``to`` and move ``latest.json`` if blessed.
+    """Publish a run's model, report, config and provenance to ``to``; maybe move ``latest.json``.
 
     Args:
         run_dir: a local, evaluated run directory (``RUN/report/blessing.json`` present).
-        to: destination root: a local directory or ``gs://bucket/prefix``.
+        to: the store: a local directory or ``gs://bucket/prefix``, never one holding the run.
         retry_timeout: total seconds to retry a file's transient upload errors.
-        progress: called with each file's relative path once it is verified.
+        progress: called with each file's relative path once it is verified in the store.
+        via: what is publishing, for the history (default: this process's command line; the
+            Prefect flow passes its flow run).
 
     Returns:
-        :class:`PublishResult`.
+        :class:`PublishResult`; ``latest_reason`` says why latest.json moved or not.
 
     Raises:
-        PublishError: the run is not evaluated, or a file failed to copy or verify (the
-            message names it); ``latest.json`` is unchanged in that case.
+        PublishError: the run is not evaluated or its report belongs to another model or
+            dataset; ``OUT/<run_id>`` holds a different model; a file failed to copy or
+            verify (the message names it). ``latest.json`` is unchanged in every case.
     """
     run = Path(run_dir)
     if not run.is_dir():
         raise PublishError(f"run directory {run_dir} does not exist; train one with 'higgs train'")
-    model_file, blessing_file = Path(rundir.model_path(run)), Path(rundir.blessing_path(run))
+    model_file = Path(rundir.model_path(run))
     if not model_file.is_file():
         raise PublishError(f"{model_file} is missing; {run_dir} is not a trained run")
-    blessing = _read_json(blessing_file, "the blessing decision", run_dir)
+    blessing = _read_json(Path(rundir.blessing_path(run)), "the blessing decision", run_dir)
     metrics = _read_json(Path(rundir.metrics_path(run)), "the metrics", run_dir)
-    if model_file.stat().st_mtime > blessing_file.stat().st_mtime:
-        # The blessing was decided for an earlier model (e.g. training resumed afterwards).
-        raise PublishError(f"{model_file} changed after {blessing_file} was written; re-run "
-                           f"'higgs evaluate --data DATA --run {run_dir}' before publishing")
+    if _inside(run, to):
+        raise PublishError(f"{run_dir} is inside the publish destination {to}; keep working runs and "
+                           f"published models apart: publish to another directory (default published/)")
+    try:
+        prov = rundir.read_provenance(run)
+    except rundir.RunDirError as exc:
+        raise PublishError(str(exc)) from None
 
     # One line, at once: no bucket, no login, no access; an outage is waited out like an upload.
     storage.check_destination(to, what="--to", timeout=min(retry_timeout, 60.0))
     run_id = run.resolve().name
     dest = storage.join(to, run_id)
-    in_place = _same_place(run, dest)
+    via = via or _invocation()
     files = run_files(run)
-    log.info("publishing %d files of %s to %s%s", len(files), run_id, dest,
-             " (in place: verify only)" if in_place else "")
-
     entries = []
     for rel in files:
-        src = run / rel
+        sums = checksums.file_checksums(run / rel)
+        entries.append({"path": rel, "size": sums.size, "sha256": sums.sha256, "md5": sums.md5,
+                        "crc32c": sums.crc32c})
+    model_sha = next(e["sha256"] for e in entries if e["path"] == f"{rundir.MODEL_DIR}/{rundir.MODEL_FILE}")
+    _check_report_matches(run_dir, blessing, prov, model_sha)
+
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    manifest = {
+        "run_id": run_id, "files": entries, "written_at": now,
+        "published_by": provenance.actor(), "via": via,
+        "auc": metrics.get("auc"), "auc_ci95": metrics.get("auc_ci95"), "test_rows": metrics.get("test_rows"),
+        "blessed": bool(blessing.get("blessed")), "blessing_reasons": blessing.get("reasons", []),
+        "model_sha256": model_sha, "dataset_fingerprint": blessing["dataset_fingerprint"],
+        "provenance": prov,
+    }
+    claimed = _claim(to, dest, manifest)
+    log.info("publishing %d files of %s to %s%s", len(entries), run_id, dest,
+             "" if claimed is manifest else " (already published: verifying, completing)")
+    copied = _copy_files(run, dest, run_id, entries, retry_timeout, progress)
+
+    if not manifest["blessed"]:
+        reason = "run is not blessed (" + "; ".join(blessing.get("reasons", [])) + "); latest.json unchanged"
+        log.info("%s: %s", run_id, reason)
+        return PublishResult(dest, run_id, len(entries), False, reason, copied)
+    moved, reason = publish_latest(to, claimed, blessing, via)
+    return PublishResult(dest, run_id, len(entries), moved, reason, copied)
+
+
+def _claim(to: str, dest: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Create ``dest/MANIFEST`` (create-only), or accept an identical one; return the one in force.
+
+    Raises:
+        PublishError: ``dest`` holds another model, or files but no MANIFEST.
+    """
+    manifest_uri = storage.join(dest, MANIFEST_NAME)
+    run_id = manifest["run_id"]
+    try:
+        # One look (a MANIFEST claimed meanwhile is in it); a killed writer's temporary file
+        # does not make the directory foreign (the next write of that name removes it).
+        present = [f for f in storage.list_files(dest) if not storage.is_temp_name(f)]
+        existing = read_manifest(to, run_id) if MANIFEST_NAME in present else None
+        if existing is None:
+            if present:
+                raise PublishError(
+                    f"{dest} exists but is not a published model (no {MANIFEST_NAME}); nothing is "
+                    f"written into it — move it away, or publish under another run name")
+            _mark_store(to, manifest["written_at"])
+            try:
+                storage.write_text(manifest_uri, json.dumps(manifest, indent=1) + "\n", create_only=True)
+                return manifest
+            except storage.ExistsError:  # another publisher claimed the id a moment ago
+                existing = read_manifest(to, run_id)
+    except PublishError:
+        raise
+    except _failures() as exc:
+        raise PublishError(f"claiming {manifest_uri} failed ({_one_line(exc)}); latest.json was not "
+                           "changed") from exc
+    differs = _first_difference(manifest["files"], existing["files"])
+    if differs is not None:
+        raise PublishError(
+            f"{dest} is already published with different contents ({differs} differs); a published "
+            f"model never changes — train into a new run directory (its name is the id) and publish that")
+    return existing
+
+
+def _mark_store(out: str, since: str) -> None:
+    """Create ``OUT/.higgs-store`` once: it tells training and evaluation to keep out."""
+    marker = storage.join(out, STORE_MARKER)
+    if storage.exists(marker):
+        return
+    with contextlib.suppress(storage.ExistsError):  # another publisher made it meanwhile
+        storage.write_text(marker, json.dumps({"kind": "higgs published models", "since": since}) + "\n",
+                           create_only=True)
+
+
+def _copy_files(run: Path, dest: str, run_id: str, entries: list[dict[str, Any]], retry_timeout: float,
+                progress: Callable[[str], None] | None) -> int:
+    """Create every file the MANIFEST lists that is not in the store yet; verify the others."""
+    copied = 0
+    for entry in entries:
+        rel = entry["path"]
+        target = storage.join(dest, rel)
+        want = _checksums(entry)
         try:
-            if in_place:
-                sums = checksums.file_checksums(src)
-            else:
-                sums = checksums.upload_file(src, storage.join(dest, rel), retry_timeout=retry_timeout)
+            stored = checksums.stored_checksums(target)
+            if stored is None:
+                try:
+                    checksums.upload_file(run / rel, target, retry_timeout=retry_timeout, create_only=True,
+                                        expect=want)
+                    copied += 1
+                except storage.ExistsError:  # a concurrent publisher of the same run was first
+                    stored = checksums.stored_checksums(target)
         except _failures() as exc:  # any failure of one file ends the publish; say which
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise PublishError(f"publishing {rel} of run {run_id} to {dest} failed "
-                               f"({type(exc).__name__}: {reason}); latest.json was not changed"
-                               ) from exc
-        entries.append({"path": rel, "size": sums.size, "sha256": sums.sha256,
-                        "md5": sums.md5, "crc32c": sums.crc32c})
+            raise PublishError(f"publishing {rel} of run {run_id} to {dest} failed ({_one_line(exc)}); "
+                               "latest.json was not changed") from exc
+        if stored is not None and not stored.same_bytes(want):
+            raise PublishError(f"{target} differs from its {MANIFEST_NAME}: the published model is "
+                               "damaged; restore it from a copy (nothing was overwritten)")
         if progress is not None:
             progress(rel)
-
-    manifest = {"run_id": run_id, "files": entries,
-                "written_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-    _put_verified_text(json.dumps(manifest, indent=1) + "\n", storage.join(dest, MANIFEST_NAME),
-                       retry_timeout)
-
-    blessed = bool(blessing.get("blessed"))
-    if blessed:
-        uri = dest if storage.is_gcs(dest) else str(Path(dest).resolve())
-        latest = {
-            "run_id": run_id,
-            "uri": uri,
-            "auc": metrics.get("auc"),
-            "auc_ci95": metrics.get("auc_ci95"),
-            "test_rows": metrics.get("test_rows"),
-            "files": len(entries),
-            "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        }
-        _put_verified_text(json.dumps(latest, indent=1) + "\n", storage.join(to, LATEST_NAME),
-                           retry_timeout)
-        log.info("latest.json now points at %s", run_id)
-    else:
-        log.info("run %s is not blessed (%s); latest.json unchanged", run_id,
-                 "; ".join(blessing.get("reasons", [])))
-    return PublishResult(uri=dest, run_id=run_id, files=len(entries), latest_moved=blessed)
-
-
-def _failures() -> tuple[type[BaseException], ...]:
-    """Errors that mean "this file could not be published" (the rest are bugs)."""
-    from google.api_core import exceptions as api_exceptions
-    from google.auth import exceptions as auth_exceptions
-
-    return (OSError, PipelineError, api_exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError)
-
-
-def _put_verified_text(text: str, uri: str, retry_timeout: float) -> None:
-    """Write a small text file through :func:`checksums.upload_file` (verified, retried)."""
-    fd, tmp = tempfile.mkstemp(prefix="higgs-publish-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        try:
-            checksums.upload_file(tmp, uri, retry_timeout=retry_timeout)
-        except _failures() as exc:
-            raise PublishError(f"writing {uri} failed ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
-    finally:
-        os.unlink(tmp)
+    return copied

@@ -8,6 +8,7 @@
 directories they delete, TensorFlow's multi-worker saving rule)::
 
     RUN/config.yaml            the resolved config
+    RUN/provenance.json        code and package versions, dataset fingerprint, config hash, host
     RUN/model/model.keras      the model with the best validation AUC (EarlyStopping restores it)
     RUN/logs/                  TensorBoard
     RUN/checkpoints/           the resumable state, kept until model.keras is in place:
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.core import faults, rundir, storage
+from pipeline.core import faults, provenance, rundir, storage
 from pipeline.core.config import Config, write_config
 from pipeline.core.errors import PipelineError
 from pipeline.core.rundir import TrainResult
@@ -290,6 +291,9 @@ def _train_here(cfg: Config, data: dataset.Dataset, run_dir: Path) -> TrainResul
         if chief:
             write_config(cfg, rundir.config_path(out))
             _remove_stale_model_files(out)
+            rundir.write_provenance(out, provenance.gather(
+                cfg, data=data.uri, dataset_fingerprint=dataset.fingerprint(data),
+                strategy=type(strategy).__name__, replicas=replicas))
         model = compiled_model(cfg, strategy, steps)
         train_ds = inputs.distributed_dataset(strategy, data, "training", cfg, True)
         # Repeated + full batches: every replica sees the same number of validation steps,
