@@ -161,7 +161,6 @@ def test_blessing_file_and_export(evaluated) -> None:
     assert blessing["blessed"] is result["blessed"] is True
     assert blessing["published_auc"] is None and blessing["floor"] == 0.6
     # What the decision was about, for publish to check: this model file, this dataset.
-    from pipeline.core import storage
     from pipeline.data import dataset
 
     assert blessing["model_sha256"] == result["model_sha256"] == \

@@ -58,9 +58,9 @@ def test_flow_gate_stops_warns_and_passes_against_the_published_model(harness, t
     synth.write_csv(src / "base.csv.gz", rows=20_000, seed=1)
     synth.write_csv(src / "clean.csv.gz", rows=20_000, seed=2)
     variants.make(src / "base.csv.gz", src / "scaled.csv.gz", rescale_by=("lepton_pT", 1.3))
-    runs = tmp_path / "runs"
+    runs, published = tmp_path / "runs", tmp_path / "published"
     params = dict(preset="sample", data_dir=str(tmp_path / "data"), runs_root=str(runs),
-                  publish_to=str(runs), overrides=SMALL)
+                  publish_to=str(published), overrides=SMALL)
 
     # 1. Nothing published yet: nothing to compare with, the run trains and publishes.
     first = flowmod.higgs(**params, source=str(src / "base.csv.gz"), run_id="first", return_state=True)
@@ -69,7 +69,7 @@ def test_flow_gate_stops_warns_and_passes_against_the_published_model(harness, t
     assert skipped.startswith("validation of ") and "skipped: no model is published" in skipped
     names, arts = _run_info(first)
     assert "validate" in names and flowmod.ARTIFACT_VALIDATION not in arts
-    assert json.loads((runs / "latest.json").read_text())["run_id"] == "first"
+    assert json.loads((published / "latest.json").read_text())["run_id"] == "first"
 
     # 2. lepton_pT × 1.3: the run stops before training, the table shows why.
     stopped = flowmod.higgs(**params, source=str(src / "scaled.csv.gz"), run_id="scaled", return_state=True)
@@ -84,13 +84,13 @@ def test_flow_gate_stops_warns_and_passes_against_the_published_model(harness, t
     assert flagged == {("lepton_pT", s, c) for s in ("psi", "mean_shift")
                        for c in ("overall", "signal", "background")}
     assert not (runs / "scaled").exists()
-    assert json.loads((runs / "latest.json").read_text())["run_id"] == "first"
+    assert json.loads((published / "latest.json").read_text())["run_id"] == "first"
     scaled_data = tmp_path / "data" / "scaled-sample"
     report = json.loads((scaled_data / "validation.json").read_text())
     assert report["baseline"] == str(tmp_path / "data" / "base-sample") and report["baseline_run"] == "first"
 
     # The CLI finds the same baseline through the published store.
-    assert cli.main(["validate", "--data", str(scaled_data), "--against", str(runs)]) == 2
+    assert cli.main(["validate", "--data", str(scaled_data), "--against", str(published)]) == 2
     assert "(published run first)" in capsys.readouterr().err
 
     # 3. warn: the same data trains, the report carries the anomalies, the blessing says no.
@@ -107,7 +107,7 @@ def test_flow_gate_stops_warns_and_passes_against_the_published_model(harness, t
     names, arts = _run_info(warned)
     assert names == ["ensure_source", "convert", "validate", "train", "evaluate", "publish"]
     assert flowmod.ARTIFACT_VALIDATION in arts and "**ANOMALIES**" in arts[flowmod.ARTIFACT_REPORT]["data"]
-    assert json.loads((runs / "latest.json").read_text())["run_id"] == "first"
+    assert json.loads((published / "latest.json").read_text())["run_id"] == "first"
 
     # 4. Another seed of the same generator: clean, trained, and the gate says so.
     clean = flowmod.higgs(**params, source=str(src / "clean.csv.gz"), run_id="clean", return_state=True)
@@ -118,4 +118,4 @@ def test_flow_gate_stops_warns_and_passes_against_the_published_model(harness, t
     _, arts = _run_info(clean)
     assert {r["status"] for r in json.loads(arts[flowmod.ARTIFACT_VALIDATION]["data"])} == {"OK"}
     assert cli.main(["validate", "--data", str(tmp_path / "data" / "clean-sample"),
-                     "--against", str(runs)]) == 0
+                     "--against", str(published)]) == 0

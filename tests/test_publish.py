@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -464,3 +465,27 @@ def test_a_kill_while_claiming_leaves_nothing_in_the_way(tmp_path: Path) -> None
     result = publish.publish(str(make_evaluated_run(tmp_path, "claim", 0.8, blessed=True)), str(out))
     assert result.latest_moved and not leftover.exists()
     assert storage.list_files(str(out / "claim")) == sorted([*PUBLISHED, "MANIFEST"])
+
+
+def test_published_dataset_is_the_one_the_model_was_trained_on(tmp_path: Path) -> None:
+    """Validation's baseline comes from the published model's provenance, checked by fingerprint."""
+    from pipeline.data import dataset
+
+    data = tmp_path / "data" / "sample"
+    data.mkdir(parents=True)
+    (data / "manifest.json").write_text('{"rows": 1}\n')
+    fp = dataset.fingerprint(str(data))
+    run = make_evaluated_run(tmp_path / "runs", "run-d", 0.8, blessed=True, evaluated_on=fp)
+    prov = rundir.read_provenance(run)
+    rundir.write_provenance(run, {**prov, "dataset": {"uri": str(data), "fingerprint": fp}})
+    out = str(tmp_path / "published")
+    assert publish.published_dataset(out) is None  # nothing published yet
+    publish.publish(str(run), out, via="test")
+    assert publish.published_dataset(out) == (str(data), "run-d")
+
+    (data / "manifest.json").write_text('{"rows": 2}\n')  # reconverted in place since
+    with pytest.raises(publish.PublishError, match=r"no longer holds the dataset published run run-d"):
+        publish.published_dataset(out)
+    shutil.rmtree(data)
+    with pytest.raises(publish.PublishError, match=r"is gone; pass the baseline explicitly"):
+        publish.published_dataset(out)
