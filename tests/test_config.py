@@ -147,7 +147,9 @@ def test_workers_need_a_multi_worker_strategy() -> None:
 
 def test_a_written_config_with_a_bad_value_is_rejected_on_read(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
-    path.write_text(C.to_yaml(C.load_config("sample")).replace("epochs: 8", "epochs: 0"))
+    text = C.to_yaml(C.load_config("sample"))
+    assert "  epochs: 12\n" in text
+    path.write_text(text.replace("  epochs: 12\n", "  epochs: 0\n", 1))
     with pytest.raises(C.ConfigError, match=r"train\.epochs must be >= 1"):
         C.read_config(path)
 
