@@ -116,3 +116,20 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
     data = root / "data"
     convert.convert(str(source), str(data), load_config("sample").data)
     return str(data)
+
+
+@pytest.fixture(scope="module")
+def harness() -> Iterator[None]:
+    """A temporary Prefect server + SQLite database for one test module's flow runs."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def prefect_api_url() -> str:
+    """The API address of the running harness (``PREFECT_API_URL`` inside :func:`harness`)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
+

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import free_port, prefect_api_url
 
 from flows import deployments
 from flows import higgs as flowmod
@@ -28,21 +28,6 @@ from pipeline.publish import store
 
 SMALL = ["data.synth_rows=20000", "train.epochs=2", "model.units=32", "model.blocks=2",
          "evaluate.baseline_rows=5000", "evaluate.baseline_trees=20", "train.shuffle_buffer=5000"]
-
-
-@pytest.fixture(scope="module")
-def harness():
-    """A temporary Prefect server + SQLite database for this module's flow runs."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-def _api_url() -> str:
-    from prefect.settings import PREFECT_API_URL
-
-    return PREFECT_API_URL.value()
 
 
 def _flow_run_id(state) -> str:
@@ -165,7 +150,7 @@ def test_flow_missing_source_fails_with_one_line_and_publishes_nothing(harness, 
     assert "\n" not in state.message
     assert not (tmp_path / "pub").exists() and not (tmp_path / "runs").exists()
     flow_run_id = _flow_run_id(state)
-    tasks = api(_api_url(), "POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}},
+    tasks = api(prefect_api_url(), "POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}},
                                                           "limit": 50})
     assert [(t["name"].rsplit("-", 1)[0], t["run_count"]) for t in tasks] == [("ensure_source", 1)]
 
@@ -197,7 +182,7 @@ def test_flow_sample_run_publishes_and_creates_artifacts(harness, tmp_path, capl
     assert summary["conversion_reused"] is False
 
     flow_run_id = _flow_run_id(state)
-    arts = {a["key"]: a for a in api(_api_url(), "POST", "/artifacts/filter",
+    arts = {a["key"]: a for a in api(prefect_api_url(), "POST", "/artifacts/filter",
                                      {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 50})}
     assert set(arts) == {flowmod.ARTIFACT_REPORT, flowmod.ARTIFACT_SPLITS, flowmod.ARTIFACT_MODEL}
     assert f"{metrics['auc']:.4f}" in arts[flowmod.ARTIFACT_REPORT]["data"]
@@ -211,7 +196,7 @@ def test_flow_sample_run_publishes_and_creates_artifacts(harness, tmp_path, capl
     deadline = time.monotonic() + 30  # run logs reach the API in batches
     wanted = {"pipeline.training.train", "pipeline.evaluation.evaluate"}
     while not wanted <= names and time.monotonic() < deadline:
-        logs = api(_api_url(), "POST", "/logs/filter",
+        logs = api(prefect_api_url(), "POST", "/logs/filter",
                    {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200})
         names = {rec["name"] for rec in logs}
         time.sleep(0.5)

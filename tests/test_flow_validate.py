@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import prefect_api_url
 
 from flows import higgs as flowmod
 from flows.local_run import api
@@ -26,28 +27,13 @@ SMALL = ["train.epochs=2", "model.units=32", "model.blocks=2", "train.shuffle_bu
          "evaluate.auc_floor=0.5"]
 
 
-@pytest.fixture(scope="module")
-def harness():
-    """A temporary Prefect server + SQLite database for this module's flow runs."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-def _api_url() -> str:
-    from prefect.settings import PREFECT_API_URL
-
-    return PREFECT_API_URL.value()
-
-
 def _run_info(state) -> tuple[list[str], dict[str, dict]]:
     """Task names (in start order) and artifacts by key of a finished flow run."""
     flow_run_id = str(state.state_details.flow_run_id)
-    tasks = api(_api_url(), "POST", "/task_runs/filter",
+    tasks = api(prefect_api_url(), "POST", "/task_runs/filter",
                 {"flow_runs": {"id": {"any_": [flow_run_id]}}, "sort": "EXPECTED_START_TIME_ASC",
                  "limit": 50})
-    arts = api(_api_url(), "POST", "/artifacts/filter",
+    arts = api(prefect_api_url(), "POST", "/artifacts/filter",
                {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 50})
     return [t["name"].rsplit("-", 1)[0] for t in tasks], {a["key"]: a for a in arts}
 
