@@ -166,8 +166,13 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from pipeline.publish import store as publish
 
     result = publish.publish(args.run, args.to, via=args.via)
-    what = (f"published {result.files} files to {result.uri}" if result.copied else
-            f"{result.uri} was already published with these {result.files} files (verified)")
+    if not result.copied:
+        what = f"{result.uri} was already published with these {result.files} files (verified)"
+    elif result.copied < result.files:  # an earlier publish of this run stopped midway
+        what = (f"completed {result.uri}: copied {result.copied} of {result.files} files, "
+                "verified the rest (already there)")
+    else:
+        what = f"published {result.files} files to {result.uri}"
     print(f"{what}; {result.latest_reason}")
     return 0
 

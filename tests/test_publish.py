@@ -138,6 +138,8 @@ def test_same_named_run_cannot_overwrite_a_published_model(store: str, tmp_path:
     publish.publish(str(make_evaluated_run(tmp_path / "a", "try", 0.82, blessed=True)), store)
     before = snapshot(store)
     other = make_evaluated_run(tmp_path / "b", "try", 0.53, blessed=False)
+    with open(other / "config.yaml", "a") as fh:  # retrained with other settings: config differs too
+        fh.write("# retrained\n")
     with pytest.raises(publish.PublishError, match=r"already published with different contents "
                                                    r"\(model/model\.keras differs\)") as err:
         publish.publish(str(other), store)
@@ -445,6 +447,7 @@ def test_kill_9_midway_through_a_big_model_then_rerun_is_clean(store: str, tmp_p
     rerun = subprocess.run(_publish_cmd(run, store), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert "moved from nothing to big" in rerun.stdout
+    assert rerun.stdout.startswith(f"completed {storage.join(store, 'big')}: copied ")  # not all of them
     assert storage.list_files(storage.join(store, "big")) == sorted([*PUBLISHED, "MANIFEST"])
     assert not [f for f in storage.list_files(store) if ".tmp-" in f]
     (model,) = publish.list_models(store)

@@ -179,6 +179,7 @@ def rollback(out: str, run_id: str, via: str | None = None) -> tuple[bool, str]:
     def decide(current: dict[str, Any] | None) -> list[str] | str:
         if current and current.get("run_id") == run_id:
             return f"latest.json already points at {run_id}"
-        return [f"rollback to {run_id} on purpose (AUC {manifest.get('auc')})"]
+        auc = manifest.get("auc")
+        return [f"rollback to {run_id} on purpose (AUC {'—' if auc is None else f'{auc:.4f}'})"]
 
     return _move_latest(out, manifest, "rollback", via or _invocation(), decide)

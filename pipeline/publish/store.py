@@ -95,10 +95,14 @@ def _checksums(entry: dict[str, Any]) -> checksums.Checksums:
 
 
 def _first_difference(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> str | None:
-    """The first path whose content differs between two MANIFEST file lists (None: identical)."""
+    """The first path whose content differs between two MANIFEST file lists (None: identical).
+
+    ``model/model.keras`` is compared first: when the model differs, that is what to name.
+    """
     mine = {e["path"]: (e["size"], e["sha256"]) for e in ours}
     other = {e["path"]: (e["size"], e["sha256"]) for e in theirs}
-    for path in sorted(mine.keys() | other.keys()):
+    model = f"{rundir.MODEL_DIR}/{rundir.MODEL_FILE}"
+    for path in sorted(mine.keys() | other.keys(), key=lambda p: (p != model, p)):
         if mine.get(path) != other.get(path):
             return path
     return None
