@@ -11,6 +11,7 @@ object's generation is read with its bytes and the write is conditional on it
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -84,6 +85,8 @@ def update(uri: str, change: Callable[[bytes | None], bytes | None], attempts: i
             return new
         except exceptions.PreconditionFailed:
             log.info("%s changed while deciding (generation %s); reading it again", uri, generation)
+            # Jittered backoff: writers that lost a race in lockstep would otherwise keep colliding.
+            time.sleep(random.uniform(0.0, min(0.02 * 2 ** attempt, 1.0)))
         except Exception as exc:
             if not _should_retry(exc):
                 raise
